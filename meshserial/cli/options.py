@@ -1,0 +1,84 @@
+"""Argument types and option groups shared by several sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from meshserial.errors import UsageError
+from meshserial.net.tcp import parse_hostport
+from meshserial.proto.settings import Parity, SerialSettings, StopBits
+
+
+def hostport(default_port: int | None) -> type | object:
+    def parse(text: str) -> tuple[str, int]:
+        try:
+            return parse_hostport(text, default_port=default_port)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "HOST:PORT"
+    return parse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def parity(text: str) -> Parity:
+    try:
+        return Parity.from_letter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def stopbits(text: str) -> StopBits:
+    try:
+        return StopBits.from_count(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"stop bits {text!r}: use 1, 1.5 or 2") from None
+
+
+def on_off(text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "on", "yes", "true", "high"):
+        return True
+    if value in ("0", "off", "no", "false", "low"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: use on or off")
+
+
+def add_line_settings(parser: argparse.ArgumentParser, *, default_baud: int | None) -> None:
+    group = parser.add_argument_group("line settings")
+    group.add_argument(
+        "--baud",
+        type=positive_int,
+        default=default_baud,
+        metavar="N",
+        help="baud rate" + (f" (default {default_baud})" if default_baud else ""),
+    )
+    group.add_argument(
+        "--databits", type=int, choices=(5, 6, 7, 8), default=None, help="data bits (default 8)"
+    )
+    group.add_argument("--parity", type=parity, default=None, metavar="N|E|O|M|S", help="parity (default N)")
+    group.add_argument(
+        "--stopbits", type=stopbits, default=None, metavar="1|1.5|2", help="stop bits (default 1)"
+    )
+
+
+def line_settings(args: argparse.Namespace, *, always: bool) -> SerialSettings | None:
+    """The settings the flags ask for; ``None`` when none was given and ``always`` is false."""
+    given = any(getattr(args, k) is not None for k in ("baud", "databits", "parity", "stopbits"))
+    if not (given or always):
+        return None
+    try:
+        return SerialSettings().with_changes(
+            baudrate=args.baud, bytesize=args.databits, parity=args.parity, stopbits=args.stopbits
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

@@ -1,0 +1,76 @@
+"""``meshserial use``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from meshserial.cli.options import add_line_settings, hostport, line_settings, on_off
+from meshserial.client import ConnectOptions, TrustOptions, UseOptions, parse_target, run_gateway, run_pty
+from meshserial.errors import UsageError
+from meshserial.net.link import LinkOptions
+
+HELP = "use a remote serial port as a local virtual port or a local RFC 2217 endpoint"
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("use", help=HELP, description=HELP, parents=[common])
+    parser.add_argument(
+        "target",
+        metavar="TARGET",
+        help="NAME@HOST[:PORT] (a meshserial server) or rfc2217://HOST:PORT (any RFC 2217 server)",
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--pty", action="store_true", help="create a local virtual serial port (PTY)")
+    mode.add_argument(
+        "--listen",
+        type=hostport(None),
+        metavar="HOST:PORT",
+        help="serve the port as plain RFC 2217 on HOST:PORT (for pyserial, esptool, hub4com)",
+    )
+    parser.add_argument(
+        "--link",
+        type=Path,
+        metavar="PATH",
+        help="stable path (symlink) for the PTY (default: $XDG_RUNTIME_DIR/meshserial/NAME)",
+    )
+    add_line_settings(parser, default_baud=None)
+    parser.add_argument("--dtr", type=on_off, metavar="on|off", help="set DTR once connected")
+    parser.add_argument("--rts", type=on_off, metavar="on|off", help="set RTS once connected")
+    parser.add_argument(
+        "--dtr-follows-open",
+        action="store_true",
+        help="raise DTR/RTS when an application opens the PTY and drop them when it closes",
+    )
+    parser.add_argument(
+        "--trust-new",
+        action="store_true",
+        help="trust and pin a server seen for the first time (a changed key is still refused)",
+    )
+    parser.add_argument(
+        "--read-only",
+        action="store_true",
+        help="watch the port: receive its output, send nothing, change no setting",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    target = parse_target(args.target)
+    options = UseOptions(
+        settings=line_settings(args, always=False),
+        dtr=args.dtr,
+        rts=args.rts,
+        link_options=LinkOptions(dtr_follows_open=args.dtr_follows_open),
+        connect=ConnectOptions(
+            read_only=args.read_only,
+            trust=TrustOptions(trust_new=args.trust_new, interactive=True),
+        ),
+    )
+    if args.link is not None and not args.pty:
+        raise UsageError("--link goes with --pty")
+    if args.pty:
+        return run_pty(target, link=args.link, options=options)
+    return run_gateway(target, listen=args.listen, options=options)

@@ -1,0 +1,204 @@
+"""The server end of one RFC 2217 connection, bridged to a :class:`SharedPort`.
+
+Used for plain RFC 2217 (``share --rfc2217``, the local gateway of ``use --listen``) and, inside the
+secure channel, for authenticated sessions: the transport handed to :meth:`connection_made` only needs
+``write``, ``close``, ``pause_reading``, ``resume_reading``, ``get_write_buffer_size`` and
+``get_extra_info`` — an asyncio TCP transport or the secure channel's transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from meshserial.errors import ProtocolError, Refused
+from meshserial.net.logonce import LogOnce
+from meshserial.net.sharing import Mode, SharedPort
+from meshserial.net.tcp import tune_socket
+from meshserial.ports.base import ModemStateChanged, PeerClosed, PeerOpened, PortEvent
+from meshserial.proto import rfc2217
+from meshserial.proto.settings import ModemState
+
+log = logging.getLogger(__name__)
+_log_once = LogOnce(log)
+
+#: After this much output queued towards a client that stopped reading, stop reading the device.
+PAUSE_HIGH_WATER = 1024 * 1024
+
+
+def peer_label(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer) if peer else "peer"
+
+
+class Rfc2217ServerSession(asyncio.Protocol):
+    """One client connection speaking RFC 2217 to a shared port."""
+
+    def __init__(
+        self,
+        shared: SharedPort,
+        *,
+        mode: Mode = Mode.READ_WRITE,
+        label: str | None = None,
+        attach: bool = True,
+        on_close: Callable[[Rfc2217ServerSession], None] | None = None,
+    ) -> None:
+        """``attach=False`` when the caller has already attached this session to ``shared`` (the
+        secure server does, so that a refusal becomes a clean ``deny`` message)."""
+        self._target = shared
+        self._attach = attach
+        self._mode = mode
+        self.label = label or "peer"
+        self._on_close = on_close
+        self._engine = rfc2217.ServerSide()
+        self._transport: asyncio.Transport | None = None
+        self._shared: SharedPort | None = None if attach else shared
+        self._peer = "peer"
+        self._closing = False
+        self._suspended_output: list[bytes] = []
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # ---- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        tune_socket(transport)
+        self._peer = peer_label(transport)
+        if self.label == "peer":
+            self.label = self._peer
+        shared = self._target
+        if self._attach:
+            try:
+                shared.attach(self, self._mode)
+            except Refused as exc:
+                log.info("%s refused: %s", self._peer, exc)
+                transport.write(f"\r\nmeshserial: {exc}\r\n".encode())
+                self._close()
+                return
+            self._shared = shared
+        state = shared.modem_state()
+        self._engine = rfc2217.ServerSide(modem_state=state if state is not None else _default_modem(shared))
+        self._engine.initiate()
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            events = self._engine.receive_data(data)
+        except ProtocolError as exc:
+            _log_once.warning(self._peer, "malformed telnet stream, closing", str(exc))
+            self._close()
+            return
+        shared = self._shared
+        if shared is None:
+            return
+        for event in events:
+            match event:
+                case rfc2217.Data(data=payload):
+                    if self._mode is Mode.READ_WRITE:
+                        shared.write(self, payload)
+                case rfc2217.Request(command=command, value=value):
+                    self._engine.reply(command, shared.request(self, command, value))
+                case rfc2217.FlowResume():
+                    pending, self._suspended_output = self._suspended_output, []
+                    for chunk in pending:
+                        self._engine.send_data(chunk)
+                case rfc2217.BreakReceived():
+                    if self._mode is Mode.READ_WRITE:
+                        shared.port.set_control(break_=True)
+                        shared.port.set_control(break_=False)
+                case rfc2217.Notice(reason=reason):
+                    _log_once.warning(self._peer, reason)
+                case _:
+                    pass
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._shared is not None:
+            self._shared.detach(self)
+        if exc is not None:
+            log.info("%s: connection lost: %s", self._peer, exc)
+        if self._on_close is not None:
+            self._on_close(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._shared is not None:
+            self._shared.session_pause_writing(self)
+
+    def resume_writing(self) -> None:
+        if self._shared is not None:
+            self._shared.session_resume_writing(self)
+
+    # ---- Session (called by SharedPort) ----------------------------------------------------------
+
+    def deliver(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._engine.output_suspended:
+            # The client asked us to hold data (FLOWCONTROL-SUSPEND); keep it and stop the device.
+            self._suspended_output.append(data)
+            if self._shared is not None and sum(map(len, self._suspended_output)) > PAUSE_HIGH_WATER:
+                self._shared.session_pause_writing(self)
+            return
+        self._engine.send_data(data)
+        self._flush()
+
+    def device_event(self, event: PortEvent) -> None:
+        if self._closing:
+            return
+        if isinstance(event, ModemStateChanged):
+            self._engine.notify_modemstate(event.state)
+        elif isinstance(event, PeerClosed):
+            # Device gone: tell the client carrier and the other lines dropped.
+            self._engine.notify_modemstate(ModemState(0))
+        elif isinstance(event, PeerOpened) and self._shared is not None:
+            state = self._shared.modem_state()
+            self._engine.notify_modemstate(state if state is not None else _default_modem(self._shared))
+        self._flush()
+
+    def backlog(self) -> int:
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def kick(self, reason: str) -> None:
+        log.info("%s: ending session: %s", self._peer, reason)
+        self._close()
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self._engine.data_to_send()
+        if out and self._transport is not None and not self._closing:
+            self._transport.write(out)
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _default_modem(shared: SharedPort) -> ModemState:
+    """Lines to report for a port that cannot read them: a present, ready device."""
+    return ModemState.CTS | ModemState.DSR | ModemState.CD if shared.state != "offline" else ModemState(0)

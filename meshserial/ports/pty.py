@@ -1,0 +1,507 @@
+"""The client-side virtual serial port: a Linux PTY whose slave the application opens.
+
+Theory of operation (reference ``rfc2217-and-pty.md`` §4.3; P-numbers are the verified facts of §4.1):
+
+* ``start`` creates the pair, makes the slave raw (P16) with ``EXTPROC`` set (so every ``tcsetattr`` of
+  the application raises ``TIOCPKT_IOCTL`` on the master, P6), applies the initial baud, puts the master
+  in packet mode (P5) and **closes our slave fd**, so that application open/close becomes visible as
+  HUP on the master (P13/P14).
+* States, driven by the kernel:
+
+  - ``IDLE`` (no application): the master is *not* registered with the loop, because a HUP'd master is
+    always readable and would busy-loop (P14). A 100 ms timer polls for POLLHUP to clear. Bytes an
+    application wrote and closed before we noticed (``echo AT > /dev/pts/N``) and status bytes are still
+    drained here. Data written by the network is discarded, like a UART with nobody listening.
+  - ``OPEN``: ``add_reader`` on the master. Packet byte 0 means data; anything else is a coalesced status
+    byte: ``IOCTL`` -> re-read termios (``tcgetattr`` on the master sees the slave, P1; ``TCGETS2`` for
+    custom rates, P4) and report baud/stop bits/flow if they changed; ``FLUSHREAD``/``FLUSHWRITE`` ->
+    :class:`PurgeRequested` (P8). ``EIO`` means the application closed -> ``PeerClosed``, back to IDLE.
+    A 1 s termios poll is the safety net for applications that clear ``EXTPROC`` (P6).
+  - ``CLOSED`` after :meth:`PtyPort.aclose`.
+
+* Deliberately unsupported (the kernel hides them, §4.2): data bits and parity (P2/P3), modem lines
+  (P10), BREAK (P11), drain (P12). See :data:`PTY_LIMITATIONS`.
+* ``configure`` (settings from the remote device) rewrites only the slave's speed, so the application
+  sees the real rate; the resulting ``TIOCPKT_IOCTL`` echo is absorbed by diffing against the termios
+  we last observed, not against the remote settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import grp
+import logging
+import os
+import select
+import termios
+from pathlib import Path
+
+from meshserial.errors import PortClosed, PortError, UsageError
+from meshserial.ports import termios_util
+from meshserial.ports.base import (
+    WRITE_HIGH_WATER,
+    WRITE_LOW_WATER,
+    Capabilities,
+    PeerClosed,
+    PeerOpened,
+    Port,
+    PortListener,
+    PurgeRequested,
+    SettingsChanged,
+)
+from meshserial.proto.settings import ModemState, SerialSettings
+
+log = logging.getLogger(__name__)
+
+PTY_LIMITATIONS = (
+    "A PTY carries the baud rate, stop bits, flow control and purges an application sets, but not data "
+    "bits or parity (the kernel forces 8N), nor DTR/RTS/CTS/DSR/CD/RI or BREAK. Choose the remote framing "
+    "with `use --baud`, `--databits`, `--parity` and `--stopbits`; applications that toggle modem lines "
+    "or send BREAK need `rfc2217://` (pyserial) instead of the virtual port."
+)
+
+CAPABILITIES = Capabilities(bytesize=False, parity=False, modem_lines=False, break_=False)
+
+# TIOCPKT status bits (reference P5); not all are exported by Python's termios module.
+TIOCPKT_DATA = 0x00
+TIOCPKT_FLUSHREAD = 0x01
+TIOCPKT_FLUSHWRITE = 0x02
+TIOCPKT_STOP = 0x04
+TIOCPKT_START = 0x08
+TIOCPKT_IOCTL = 0x40
+
+IDLE_POLL_INTERVAL = 0.1
+OPEN_POLL_INTERVAL = 1.0
+READ_SIZE = 64 * 1024
+# A status byte or a burst per wake-up; bounded so one busy application cannot starve the loop.
+MAX_READS_PER_WAKEUP = 16
+
+
+class PtyState(enum.Enum):
+    NEW = "new"
+    IDLE = "idle"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class PtyPort(Port):
+    """A virtual serial port for local applications, backed by a PTY pair."""
+
+    def __init__(
+        self,
+        *,
+        link: Path | None = None,
+        settings: SerialSettings = SerialSettings(),  # noqa: B008 - frozen dataclass
+        mode: int = 0o660,
+        group: str | None = None,
+    ) -> None:
+        self.name = str(link) if link is not None else "pty"
+        self.capabilities = CAPABILITIES
+        self._link = link
+        self._settings = settings
+        self._mode = mode
+        self._group = group
+        self._state = PtyState.NEW
+        self._master = -1
+        self._path = ""
+        self._listener: PortListener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller = select.poll()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self._reader_registered = False
+        self._writer_registered = False
+        self._buffer = bytearray()
+        self._writing_paused = False
+        self._control = (False, False, False)
+        # What the application's termios looked like the last time we read it (baud, stop bits, flow).
+        self._seen: tuple[object, ...] = ()
+        self._link_created = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """The slave device path (``/dev/pts/N``); empty before :meth:`start`."""
+        return self._path
+
+    @property
+    def state(self) -> PtyState:
+        return self._state
+
+    async def start(self, listener: PortListener) -> None:
+        if self._state is not PtyState.NEW:
+            raise PortError(f"{self.name}: already started")
+        self._loop = asyncio.get_running_loop()
+        self._listener = listener
+        gid = -1
+        if self._group is not None:
+            try:
+                gid = grp.getgrnam(self._group).gr_gid
+            except KeyError as exc:
+                raise UsageError(f"unknown group {self._group!r} for the virtual port") from exc
+        try:
+            master, slave = os.openpty()
+        except OSError as exc:
+            raise PortError(f"cannot create a PTY: {exc.strerror}") from exc
+        try:
+            termios_util.make_raw(slave, extproc=True)
+            termios_util.set_baud(slave, self._settings.baudrate)
+            os.fchmod(slave, self._mode)
+            if gid != -1:
+                os.fchown(slave, -1, gid)
+            self._path = os.ttyname(slave)
+            termios_util.set_packet_mode(master)
+            os.set_blocking(master, False)
+        except (OSError, termios.error) as exc:
+            os.close(master)
+            os.close(slave)
+            raise PortError(f"cannot set up the PTY: {exc}") from exc
+        # Closing our slave fd makes application open/close observable as HUP (P13, P14).
+        os.close(slave)
+        self._master = master
+        self._poller.register(master, select.POLLIN | select.POLLPRI)
+        self._seen = self._observe()
+        self.name = self._path
+        self._state = PtyState.IDLE
+        if self._link is not None:
+            try:
+                self.create_link()
+            except PortError:
+                self._listener = None  # start failed: the owner gets the exception, not port_closed
+                await self.aclose()
+                raise
+        log.info("virtual port %s ready (%s)", self._path, self._settings.describe())
+        self._schedule(IDLE_POLL_INTERVAL)
+
+    async def aclose(self) -> None:
+        if self._state is PtyState.CLOSED:
+            return
+        was_started = self._state is not PtyState.NEW
+        self._state = PtyState.CLOSED
+        self._cancel_timer()
+        self._unregister_reader()
+        self._unregister_writer()
+        self._buffer.clear()
+        self.remove_link()
+        if self._master >= 0:
+            self._poller.unregister(self._master)
+            os.close(self._master)
+            self._master = -1
+        if was_started and self._listener is not None:
+            self._listener.port_closed(None)
+
+    # --- stable link ---------------------------------------------------------------------------
+
+    def create_link(self) -> None:
+        """Point ``link`` at the slave atomically (a temporary symlink renamed over it)."""
+        if self._link is None or not self._path:
+            return
+        link = self._link
+        if (link.exists() or link.is_symlink()) and not link.is_symlink():
+            raise PortError(f"{link} exists and is not a symlink; refusing to replace it")
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+        try:
+            if tmp.is_symlink():
+                tmp.unlink()
+            os.symlink(self._path, tmp)
+            os.replace(tmp, link)
+        except OSError as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise PortError(f"cannot create the link {link}: {exc.strerror}") from exc
+        self._link_created = True
+        log.info("linked %s -> %s", link, self._path)
+
+    def remove_link(self) -> None:
+        """Remove ``link`` if it still points at our slave (never someone else's file)."""
+        if self._link is None or not self._link_created:
+            return
+        self._link_created = False
+        try:
+            if self._link.is_symlink() and os.readlink(self._link) == self._path:
+                self._link.unlink()
+        except OSError as exc:
+            log.warning("cannot remove the link %s: %s", self._link, exc.strerror)
+
+    # --- Port interface ------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> SerialSettings:
+        return self._settings
+
+    def configure(self, settings: SerialSettings) -> SerialSettings:
+        self._check_open()
+        if settings == self._settings:
+            return self._settings
+        old = self._settings
+        self._settings = settings
+        if settings.baudrate != old.baudrate and self._master >= 0:
+            try:
+                termios_util.set_baud(self._master, settings.baudrate)
+            except (OSError, termios.error) as exc:
+                log.warning(
+                    "%s: cannot show %d baud to the application: %s", self.name, settings.baudrate, exc
+                )
+            # Absorb our own TIOCPKT_IOCTL echo: what the app sees now is "known".
+            self._seen = self._observe()
+        return self._settings
+
+    def write(self, data: bytes) -> None:
+        self._check_open()
+        if not data:
+            return
+        if self._state is PtyState.IDLE and not self._hung_up():
+            # An application opened the port since the last poll: notice it now rather than drop
+            # bytes that arrive in between.
+            self._to_open()
+        if self._state is not PtyState.OPEN:
+            return  # nobody has the port open: a UART would drop it too
+        if not self._buffer:
+            try:
+                sent = os.write(self._master, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                log.debug("%s: write failed: %s", self.name, exc)
+                return
+            data = data[sent:]
+            if not data:
+                return
+        self._buffer += data
+        self._register_writer()
+        if not self._writing_paused and len(self._buffer) > WRITE_HIGH_WATER and self._listener:
+            self._writing_paused = True
+            self._listener.port_pause_writing()
+
+    def write_buffer_size(self) -> int:
+        return len(self._buffer)
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+        self._unregister_reader()
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+        if self._state is PtyState.OPEN:
+            self._register_reader()
+
+    def set_control(
+        self, *, dtr: bool | None = None, rts: bool | None = None, break_: bool | None = None
+    ) -> None:
+        # A PTY has no modem lines or BREAK (P10, P11): remember the request, nothing else.
+        cur = self._control
+        self._control = (
+            cur[0] if dtr is None else dtr,
+            cur[1] if rts is None else rts,
+            cur[2] if break_ is None else break_,
+        )
+
+    @property
+    def control(self) -> tuple[bool, bool, bool]:
+        return self._control
+
+    def modem_state(self) -> ModemState | None:
+        return None
+
+    def purge(self, *, rx: bool, tx: bool) -> None:
+        self._check_open()
+        if rx:
+            self._drop_output()
+            self._flush(termios.TCOFLUSH)
+        if tx:
+            self._flush(termios.TCIFLUSH)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._state is PtyState.CLOSED:
+            raise PortClosed(f"{self.name} is closed")
+
+    def _flush(self, queue: int) -> None:
+        if self._master < 0:
+            return
+        try:
+            termios.tcflush(self._master, queue)
+        except termios.error as exc:
+            log.debug("%s: tcflush failed: %s", self.name, exc)
+
+    def _observe(self) -> tuple[object, ...]:
+        try:
+            view = termios_util.read_line(self._master)
+        except (OSError, termios.error) as exc:
+            log.debug("%s: cannot read termios: %s", self.name, exc)
+            return self._seen
+        return (view.baudrate, view.stopbits, view.flow)
+
+    def _check_settings(self) -> None:
+        """Re-read the application's termios; report baud/stop bits/flow when they changed."""
+        try:
+            view = termios_util.read_line(self._master)
+        except (OSError, termios.error) as exc:
+            log.debug("%s: cannot read termios: %s", self.name, exc)
+            return
+        seen = (view.baudrate, view.stopbits, view.flow)
+        if seen == self._seen:
+            return
+        self._seen = seen
+        new = view.merge_into(self._settings, framing=False)
+        if new == self._settings:
+            return
+        log.debug("%s: application set %s", self.name, new.describe())
+        self._settings = new
+        if self._listener is not None:
+            self._listener.port_event(SettingsChanged(settings=new))
+
+    def _schedule(self, delay: float) -> None:
+        assert self._loop is not None
+        self._cancel_timer()
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _hung_up(self) -> bool:
+        """Whether no application has the slave open (the master reports POLLHUP)."""
+        return any(ev & select.POLLHUP for _fd, ev in self._poller.poll(0))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._state is PtyState.IDLE:
+            revents = 0
+            for _fd, ev in self._poller.poll(0):
+                revents |= ev
+            if not revents & select.POLLHUP:
+                self._to_open()
+            elif revents & (select.POLLIN | select.POLLPRI):
+                # Status bytes (ours or a quick application's) and bytes from an application that
+                # already closed again; reading stops at EIO.
+                self._read_packets(idle=True)
+        elif self._state is PtyState.OPEN:
+            self._check_settings()
+        if self._state is PtyState.IDLE:
+            self._schedule(IDLE_POLL_INTERVAL)
+        elif self._state is PtyState.OPEN:
+            self._schedule(OPEN_POLL_INTERVAL)
+
+    def _to_open(self) -> None:
+        self._state = PtyState.OPEN
+        log.info("%s: application opened the port", self.name)
+        if self._listener is not None:
+            self._listener.port_event(PeerOpened())
+        self._check_settings()
+        if self._state is PtyState.OPEN and not self._reading_paused:
+            self._register_reader()
+
+    def _to_idle(self, reason: str) -> None:
+        self._state = PtyState.IDLE
+        self._unregister_reader()
+        self._drop_output()
+        log.info("%s: %s", self.name, reason)
+        if self._listener is not None:
+            self._listener.port_event(PeerClosed(reason=reason))
+        self._schedule(IDLE_POLL_INTERVAL)
+
+    def _on_readable(self) -> None:
+        self._read_packets(idle=False)
+
+    def _read_packets(self, *, idle: bool) -> None:
+        opened_here = False
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                packet = os.read(self._master, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EIO, errno.EBADF):
+                    log.warning("%s: read failed: %s", self.name, exc)
+                if idle and not opened_here:
+                    return
+                self._to_idle("application closed the port")
+                return
+            if not packet:
+                if not idle or opened_here:
+                    self._to_idle("application closed the port")
+                return
+            status = packet[0]
+            if status == TIOCPKT_DATA:
+                if len(packet) > 1 and self._listener is not None:
+                    if idle and not opened_here:
+                        # An application opened, wrote and closed between two polls.
+                        opened_here = True
+                        self._state = PtyState.OPEN
+                        self._listener.port_event(PeerOpened())
+                    self._listener.port_data(packet[1:])
+            else:
+                self._on_status(status)
+            if self._state is not PtyState.OPEN and not idle:
+                return
+            if not idle and self._reading_paused:
+                return
+
+    def _on_status(self, status: int) -> None:
+        if status & TIOCPKT_IOCTL:
+            self._check_settings()
+        rx = bool(status & TIOCPKT_FLUSHREAD)
+        tx = bool(status & TIOCPKT_FLUSHWRITE)
+        if rx or tx:
+            if rx:
+                self._drop_output()
+            if self._listener is not None:
+                self._listener.port_event(PurgeRequested(rx=rx, tx=tx))
+        if status & (TIOCPKT_STOP | TIOCPKT_START):
+            log.debug(
+                "%s: application output %s by XON/XOFF",
+                self.name,
+                "stopped" if status & TIOCPKT_STOP else "started",
+            )
+
+    def _drop_output(self) -> None:
+        self._buffer.clear()
+        self._unregister_writer()
+        self._maybe_resume_writing()
+
+    def _maybe_resume_writing(self) -> None:
+        if self._writing_paused and len(self._buffer) <= WRITE_LOW_WATER:
+            self._writing_paused = False
+            if self._listener is not None:
+                self._listener.port_resume_writing()
+
+    def _on_writable(self) -> None:
+        try:
+            sent = os.write(self._master, self._buffer)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.debug("%s: write failed: %s", self.name, exc)
+            sent = len(self._buffer)
+        del self._buffer[:sent]
+        if not self._buffer:
+            self._unregister_writer()
+        self._maybe_resume_writing()
+
+    def _register_reader(self) -> None:
+        if not self._reader_registered and self._loop is not None and self._master >= 0:
+            self._loop.add_reader(self._master, self._on_readable)
+            self._reader_registered = True
+
+    def _unregister_reader(self) -> None:
+        if self._reader_registered and self._loop is not None:
+            self._loop.remove_reader(self._master)
+            self._reader_registered = False
+
+    def _register_writer(self) -> None:
+        if not self._writer_registered and self._loop is not None and self._master >= 0:
+            self._loop.add_writer(self._master, self._on_writable)
+            self._writer_registered = True
+
+    def _unregister_writer(self) -> None:
+        if self._writer_registered and self._loop is not None:
+            self._loop.remove_writer(self._master)
+            self._writer_registered = False

@@ -7,7 +7,7 @@ ports. Settings flow as requests; the server's acknowledgements and notification
 
 ``configure`` is optimistic: it sends only the fields that changed and returns at once with the
 requested settings, because a remote acknowledgement takes a round trip and some servers never send one
-(ser2net on a port without modem lines, see docs/protocol-rfc2217.md). A different value in an
+(ser2net on a port without modem lines, see docs/protocol.md, part 1). A different value in an
 acknowledgement is reported later as a ``SettingsChanged`` event.
 """
 

@@ -76,7 +76,7 @@ class SharedPort:
         self.name = name
         self.port = port
         # Echo a request the hardware cannot honour instead of the value really in use: pyserial
-        # treats any other ack as fatal (see docs/protocol-rfc2217.md).
+        # treats any other ack as fatal (see docs/protocol.md, part 1).
         self._compat_echo = compat_echo
         self._sessions: dict[Session, Mode] = {}
         self._holder: Session | None = None

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 One :class:`SecureChannel` is one end of one TCP connection. The client is the Noise initiator, the
-server the responder. The wire format is specified in ``docs/protocol-secure-channel.md``; in short,
+server the responder. The wire format is specified in ``docs/protocol.md`` (part 2); in short,
 every message is ``uint16_be length ‖ Noise message`` and the handshake is
 ``Noise_XX_25519_ChaChaPoly_BLAKE2b`` with the prologue :data:`PROLOGUE`.
 

@@ -37,7 +37,7 @@ through ``receive_data``, events come out, and ``data_to_send`` drains what must
   ``get_timer``/``handle_timer``; the session goes on.
 * FLOWCONTROL-SUSPEND is only sent when enabled (ser2net reads it as "disable flow control").
 
-Peer quirks handled (see docs/protocol-rfc2217.md): ser2net 4.3 acks a mask with a NOTIFY; sredird
+Peer quirks handled (see docs/protocol.md, part 1): ser2net 4.3 acks a mask with a NOTIFY; sredird
 acks baud with 8 bytes; ser2net switches to one-byte Cisco baud codes after a short SET-BAUDRATE;
 ser2net sends acks to every client of a port; PortManager sends WILL COM-PORT.
 

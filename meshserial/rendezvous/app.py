@@ -1,0 +1,455 @@
+"""aiohttp application of the rendezvous service.
+
+Routes (all errors are ``{"error": code, "reason": text}`` JSON)::
+
+    POST   /v1/records   signed record envelope -> 204 + Reannounce-After | 400 401 403 409 413 429
+    GET    /v1/records   ?name=PORT &id=B64URL -> 200 {"records": [envelope, ...]} | 400 401 429
+    DELETE /v1/records   signed delete request -> 204 | 400 401 403 404 409 413 429
+    GET    /healthz      -> 200 {"status": "ok", "records": N}
+
+Order of checks on a write, cheapest first, so that nothing expensive happens for a refused request: per-IP
+rate limit, bearer token, ``Content-Length`` (refused before any byte of the body is read), bounded read
+(``client_max_size`` covers chunked bodies), signature and freshness, allow-list, then the seq check inside
+the store.  Malformed input of any kind is answered by a 4xx chosen here; the outer middleware's 500 is only a
+safety net for our own bugs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from meshserial import paths
+from meshserial.errors import ConfigError, KeyFileError, MeshserialError, NetworkError, PortBusy
+from meshserial.proto import records
+from meshserial.rendezvous.store import DeleteOutcome, PutOutcome, RecordStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7218
+DB_FILENAME = "rendezvous.sqlite3"
+MAX_BODY = records.MAX_ENVELOPE_SIZE
+_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Rendezvous service settings.
+
+    ``token`` and ``allowed_ids`` may instead come from ``token_file`` and ``allow_file`` (read once by
+    :func:`make_app`); giving both forms of one setting is an error.
+    """
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    db_path: Path | None = None  # None: paths.state_dir() / "rendezvous.sqlite3"
+    token: str | None = None  # bearer token required on POST and DELETE (and GET if protect_reads)
+    token_file: Path | None = None
+    protect_reads: bool = False
+    allowed_ids: frozenset[bytes] | None = None  # None: any identity may register
+    allow_file: Path | None = None
+    max_ttl: int = records.DEFAULT_MAX_TTL
+    max_records: int = 100_000
+    rate_limit: bool = True
+    write_rate: float = 0.2  # tokens per second per client address (POST, DELETE)
+    write_burst: int = 20
+    read_rate: float = 5.0  # GET
+    read_burst: int = 50
+    # Peers whose X-Forwarded-For (last hop) is believed: a reverse proxy on this host by default.
+    trusted_proxies: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+    sweep_interval: float = 60.0
+    clock: Callable[[], float] = field(default=time.time)
+
+
+STORE_KEY = web.AppKey("store", RecordStore)
+
+
+class _ApiError(MeshserialError):
+    """An HTTP error answer (internal to this module; the middleware turns it into JSON)."""
+
+    def __init__(self, status: int, code: str, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.code, self.reason, self.headers = status, code, reason, dict(headers or {})
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+class _TokenBuckets:
+    """Per-client token buckets in a bounded LRU table (an attacker with many addresses only evicts)."""
+
+    def __init__(self, rate: float, burst: int, max_clients: int = 10_000) -> None:
+        self._rate, self._burst, self._max = rate, float(burst), max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str, now: float) -> float:
+        """Take one token; return 0 if allowed, else the seconds until one is available."""
+        tokens, last = self._buckets.pop(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self._rate if self._rate > 0 else 3600.0
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+class _LogOnce:
+    """Log malformed input at most once per (peer, reason), in a bounded memory."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._max = max_entries
+
+    def __call__(self, peer: str, reason: str) -> None:
+        key = (peer, reason)
+        if key in self._seen:
+            return
+        self._seen[key] = None
+        if len(self._seen) > self._max:
+            self._seen.popitem(last=False)
+        log.info("rendezvous: refused request from %s: %s", peer, reason)
+
+
+@dataclass(slots=True, kw_only=True)
+class _State:
+    settings: Settings
+    token: bytes | None
+    allowed: frozenset[bytes] | None
+    reads: _TokenBuckets
+    writes: _TokenBuckets
+    log_once: _LogOnce
+
+
+_STATE_KEY = web.AppKey("state", _State)
+
+
+def read_token_file(path: Path) -> str:
+    """Read a bearer token (first line, stripped); the file must not be readable by group or others."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"cannot read token file {path}: {exc}") from exc
+    if mode & 0o077:
+        raise KeyFileError(f"token file {path} is readable by others; chmod 600 it")
+    token = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise KeyFileError(f"token file {path} does not hold a token (one line of printable ASCII)")
+    return token
+
+
+def read_allow_file(path: Path) -> frozenset[bytes]:
+    """Read server identities allowed to register: one base64url key per line, ``#`` comments."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read allow file {path}: {exc}") from exc
+    ids: set[bytes] = set()
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if text.startswith("ms1"):
+            # TODO: accept the ms1… (Bech32m) form once meshserial.keys can decode it.
+            raise ConfigError(f"{path}:{number}: ms1… ids are not supported here yet; use the base64url form")
+        try:
+            ids.add(records.parse_server_id(text))
+        except records.RecordError as exc:
+            raise ConfigError(f"{path}:{number}: not a base64url server id") from exc
+    return frozenset(ids)
+
+
+def _peer(request: web.Request, state: _State) -> str:
+    """Rate-limit key: the client address (IPv6 by /64); X-Forwarded-For only from trusted proxies."""
+    remote = request.remote or "unknown"
+    if remote in state.settings.trusted_proxies:
+        forwarded = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
+        if forwarded:
+            remote = forwarded
+    try:
+        ip = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def _json_error(
+    status: int, code: str, reason: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    body = json.dumps({"error": code, "reason": reason}).encode()
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+_HTTP_CODES = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 413: "too-large"}
+
+
+@web.middleware
+async def _error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except _ApiError as exc:
+        return _json_error(exc.status, exc.code, exc.reason, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        code = _HTTP_CODES.get(exc.status, "http-error")
+        return _json_error(exc.status, code, exc.reason.lower(), headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("rendezvous: internal error on %s %s", request.method, request.path)
+        return _json_error(500, "internal", "internal error")
+
+
+@web.middleware
+async def _rate_limit_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    state: _State = request.app[_STATE_KEY]
+    if state.settings.rate_limit and request.path != "/healthz":
+        buckets = state.reads if request.method in ("GET", "HEAD") else state.writes
+        wait = buckets.take(_peer(request, state), time.monotonic())
+        if wait > 0:
+            raise _ApiError(429, "rate-limited", "too many requests", {"Retry-After": str(math.ceil(wait))})
+    return await handler(request)
+
+
+def _check_token(request: web.Request, state: _State) -> None:
+    if state.token is None:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    presented = value.strip().encode("utf-8", "surrogateescape") if scheme.lower() == "bearer" else b""
+    if not hmac.compare_digest(presented, state.token):
+        _refuse(request, state, "missing or wrong bearer token")
+        raise _ApiError(401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+def _refuse(request: web.Request, state: _State, reason: str) -> None:
+    state.log_once(_peer(request, state), reason)
+
+
+async def _read_body(request: web.Request, state: _State) -> bytes:
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        _refuse(request, state, "body too large")
+        raise _ApiError(413, "too-large", f"body larger than {MAX_BODY} bytes")
+    try:
+        return await request.read()  # client_max_size bounds bodies without Content-Length
+    except web.HTTPRequestEntityTooLarge as exc:
+        _refuse(request, state, "body too large")
+        raise _ApiError(413, "too-large", f"body larger than {MAX_BODY} bytes") from exc
+
+
+def _record_error(request: web.Request, state: _State, exc: records.RecordError) -> _ApiError:
+    _refuse(request, state, exc.reason)
+    status = 413 if isinstance(exc, records.RecordTooLarge) else 400
+    return _ApiError(status, exc.code, exc.reason)
+
+
+def _check_allowed(request: web.Request, state: _State, server_id: bytes) -> None:
+    if state.allowed is not None and server_id not in state.allowed:
+        _refuse(request, state, "identity not on the allow-list")
+        raise _ApiError(403, "forbidden", "identity not allowed on this rendezvous")
+
+
+# --- handlers -----------------------------------------------------------------------------------------------
+
+
+async def _post_record(request: web.Request) -> web.StreamResponse:
+    state: _State = request.app[_STATE_KEY]
+    _check_token(request, state)
+    body = await _read_body(request, state)
+    now = state.settings.clock()
+    try:
+        record = records.verify_envelope(body, now=now, max_ttl=state.settings.max_ttl)
+    except records.RecordError as exc:
+        raise _record_error(request, state, exc) from exc
+    _check_allowed(request, state, record.server_id)
+    try:
+        outcome = await request.app[STORE_KEY].put(record, now=now)
+    except ConfigError as exc:
+        log.error("rendezvous: %s", exc)
+        raise _ApiError(503, "unavailable", "storage unavailable", {"Retry-After": "30"}) from exc
+    if outcome is PutOutcome.STALE:
+        stored = request.app[STORE_KEY].stored_seq(record.server_id)
+        raise _ApiError(409, "stale-seq", f"seq {record.seq} is not greater than the stored seq {stored}")
+    if outcome is PutOutcome.FULL:
+        raise _ApiError(503, "full", "rendezvous is full", {"Retry-After": "300"})
+    reannounce = max(1, int((record.expires - now) / 2))
+    return web.Response(status=204, headers={"Reannounce-After": str(reannounce)})
+
+
+async def _delete_record(request: web.Request) -> web.StreamResponse:
+    state: _State = request.app[_STATE_KEY]
+    _check_token(request, state)
+    body = await _read_body(request, state)
+    now = state.settings.clock()
+    try:
+        delete = records.verify_delete(body, now=now)
+    except records.RecordError as exc:
+        raise _record_error(request, state, exc) from exc
+    _check_allowed(request, state, delete.server_id)
+    try:
+        outcome = await request.app[STORE_KEY].delete(delete, now=now)
+    except ConfigError as exc:
+        log.error("rendezvous: %s", exc)
+        raise _ApiError(503, "unavailable", "storage unavailable", {"Retry-After": "30"}) from exc
+    if outcome is DeleteOutcome.NOT_FOUND:
+        raise _ApiError(404, "not-found", "no live record for this identity")
+    if outcome is DeleteOutcome.STALE:
+        raise _ApiError(409, "stale-seq", "the stored record is newer than this delete request")
+    return web.Response(status=204)
+
+
+def _one_query_value(request: web.Request, state: _State, key: str) -> str | None:
+    values = request.query.getall(key, [])
+    if len(values) > 1:
+        _refuse(request, state, f"repeated query parameter {key}")
+        raise _ApiError(400, "bad-query", f"query parameter {key!r} given more than once")
+    return values[0] if values else None
+
+
+async def _get_records(request: web.Request) -> web.StreamResponse:
+    state: _State = request.app[_STATE_KEY]
+    if state.settings.protect_reads:
+        _check_token(request, state)
+    name = _one_query_value(request, state, "name")
+    if name is not None and _NAME.fullmatch(name) is None:
+        _refuse(request, state, "invalid name query")
+        raise _ApiError(400, "bad-query", "invalid port name")
+    id_text = _one_query_value(request, state, "id")
+    server_id = None
+    if id_text is not None:
+        try:
+            server_id = records.parse_server_id(id_text)
+        except records.RecordError as exc:
+            _refuse(request, state, "invalid id query")
+            raise _ApiError(400, "bad-query", "id must be a base64url 32-byte key") from exc
+    body = request.app[STORE_KEY].listing(now=state.settings.clock(), name=name, server_id=server_id)
+    return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    state: _State = request.app[_STATE_KEY]
+    count = request.app[STORE_KEY].live_count(state.settings.clock())
+    return web.json_response({"status": "ok", "records": count})
+
+
+# --- application --------------------------------------------------------------------------------------------
+
+
+def _db_path(settings: Settings) -> Path:
+    path = settings.db_path if settings.db_path is not None else paths.state_dir() / DB_FILENAME
+    paths.ensure_dir(path.parent)
+    return path
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    state: _State = app[_STATE_KEY]
+    settings = state.settings
+    store = await RecordStore.open(
+        _db_path(settings), max_ttl=settings.max_ttl, max_records=settings.max_records, now=settings.clock()
+    )
+    app[STORE_KEY] = store
+    # The sweeper lives exactly as long as the application: started here, cancelled and awaited below.
+    sweeper = asyncio.create_task(_sweep_forever(store, settings), name="rendezvous-sweeper")
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await store.aclose()
+
+
+async def _sweep_forever(store: RecordStore, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.sweep_interval)
+        try:
+            changed = await store.sweep(settings.clock())
+        except ConfigError as exc:
+            log.error("rendezvous: sweep failed: %s", exc)
+        else:
+            if changed:
+                log.debug("rendezvous: swept %d expired records", changed)
+
+
+def make_app(settings: Settings) -> web.Application:
+    """Build the rendezvous application; the store opens on startup.  Raises ConfigError for bad files."""
+    if settings.token is not None and settings.token_file is not None:
+        raise ConfigError("give the rendezvous token either inline or as a file, not both")
+    if settings.allowed_ids is not None and settings.allow_file is not None:
+        raise ConfigError("give the rendezvous allow-list either inline or as a file, not both")
+    token = settings.token if settings.token_file is None else read_token_file(settings.token_file)
+    allowed = settings.allowed_ids if settings.allow_file is None else read_allow_file(settings.allow_file)
+    state = _State(
+        settings=settings,
+        token=None if token is None else token.encode(),
+        allowed=allowed,
+        reads=_TokenBuckets(settings.read_rate, settings.read_burst),
+        writes=_TokenBuckets(settings.write_rate, settings.write_burst),
+        log_once=_LogOnce(),
+    )
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_error_middleware, _rate_limit_middleware])
+    app[_STATE_KEY] = state
+    app.cleanup_ctx.append(_store_ctx)
+    app.router.add_post("/v1/records", _post_record)
+    app.router.add_get("/v1/records", _get_records)
+    app.router.add_delete("/v1/records", _delete_record)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+async def serve(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[list[tuple[str, int]]], None] | None = None,
+) -> None:
+    """Run the service until ``stop`` is set or the task is cancelled."""
+    app = make_app(settings)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            where = f"{settings.host}:{settings.port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise PortBusy(f"rendezvous: address {where} already in use") from exc
+            raise NetworkError(f"rendezvous: cannot listen on {where}: {exc.strerror}") from exc
+        bound = [(str(a[0]), int(a[1])) for a in runner.addresses]
+        log.info("rendezvous listening on %s", ", ".join(f"{h}:{p}" for h, p in bound))
+        if on_listening is not None:
+            on_listening(bound)
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,78 @@
+"""``meshserial rendezvous``: arguments and the coroutine the CLI awaits.
+
+Wiring is one line in the CLI: ``add_arguments(subparser)`` and ``await run_from_args(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from pathlib import Path
+
+from meshserial.errors import UsageError
+from meshserial.rendezvous.app import DEFAULT_HOST, DEFAULT_PORT, Settings, serve
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``rendezvous`` sub-command's options to ``parser``."""
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default=f"{DEFAULT_HOST}:{DEFAULT_PORT}",
+        help=f"address to serve HTTP on (default {DEFAULT_HOST}:{DEFAULT_PORT}; put TLS in front of it)",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        type=Path,
+        help="SQLite database (default: rendezvous.sqlite3 in the state dir)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        type=Path,
+        help="require 'Authorization: Bearer <token>' on writes; FILE holds the token (mode 0600)",
+    )
+    parser.add_argument(
+        "--allow-file",
+        metavar="FILE",
+        type=Path,
+        help="only these server ids may register (one base64url id per line, '#' comments)",
+    )
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT`` (all interfaces) → (host, port); UsageError otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not port_text.isascii():
+        raise UsageError(f"--listen wants HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--listen port out of range: {port}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise UsageError(f"--listen: not an IPv6 address: {host!r}") from exc
+    elif ":" in host:
+        raise UsageError(f"--listen: write IPv6 addresses in brackets, e.g. [::1]:{port}")
+    return host or "0.0.0.0", port
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Build :class:`Settings` from parsed arguments."""
+    host, port = parse_listen(args.listen)
+    return Settings(
+        host=host,
+        port=port,
+        db_path=args.db,
+        token_file=args.token_file,
+        allow_file=args.allow_file,
+    )
+
+
+async def run_from_args(args: argparse.Namespace) -> int:
+    """Serve until cancelled (the CLI cancels on SIGINT/SIGTERM); return the exit status."""
+    await serve(settings_from_args(args))
+    return 0

@@ -10,19 +10,21 @@ import asyncio
 import logging
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshserial import paths
-from meshserial.errors import ConnectError, ConnectionLost, ProtocolError, UnknownServer, UsageError
+from meshserial.errors import ConnectError, ConnectionLost, UnknownServer, UsageError
 from meshserial.keys import Identity, fingerprint, format_id
 from meshserial.net.link import LinkOptions, PortLink
-from meshserial.net.rfc2217_client import RemotePort, connect_rfc2217
-from meshserial.net.secure import ClientConnection, TrustCheck
-from meshserial.net.sharing import SharedPort
+from meshserial.net.resilient import ResilientClient, StreamFor
+from meshserial.net.rfc2217_client import connect_rfc2217
+from meshserial.net.secure import DEFAULT_KEEPALIVE, ClientConnection
+from meshserial.net.sharing import SCROLLBACK_BYTES, SharedPort
 from meshserial.net.tcp import DEFAULT_PORT, format_hostport, parse_hostport
 from meshserial.net.tcp import connect as tcp_connect
+from meshserial.ports.base import Port
 from meshserial.ports.pty import PTY_LIMITATIONS, PtyPort
 from meshserial.proto import session as sess
 from meshserial.proto.settings import SerialSettings
@@ -30,6 +32,8 @@ from meshserial.server import PlainServer, announce, load_identity_noting
 from meshserial.trust import KnownServers
 
 log = logging.getLogger(__name__)
+
+TrustCheck = Callable[[bytes], Awaitable[None]]
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -112,14 +116,15 @@ async def connect_secure(
     identity: Identity,
     request: sess.Hello | Callable[[bytes], sess.Message],
     trust: TrustCheck,
-    inner_factory: Callable[[], asyncio.Protocol] | None,
+    stream_for: StreamFor | None,
+    keepalive: float = DEFAULT_KEEPALIVE,
     timeout: float = 10.0,
 ) -> tuple[ClientConnection, sess.Accept | sess.Paired]:
     """TCP, Noise handshake, server check, then our request; returns the connection and the answer."""
     _, conn = await tcp_connect(
         host,
         port,
-        lambda: ClientConnection(identity, request=request, inner_factory=inner_factory),
+        lambda: ClientConnection(identity, request=request, stream_for=stream_for, keepalive=keepalive),
         timeout=timeout,
     )
     try:
@@ -138,45 +143,75 @@ async def connect_secure(
     return conn, answer
 
 
-async def connect_target(target: Target, options: ConnectOptions | None = None) -> RemotePort:
-    """Connect and return a :class:`RemotePort` whose RFC 2217 session is active."""
-    where = format_hostport(target.host, target.port)
-    if target.kind == "rfc2217":
-        return await connect_rfc2217(target.host, target.port, name=where)
-    options = options or ConnectOptions()
-    identity = load_identity_noting()
-    remote: RemotePort | None = None
-
-    def make_remote() -> RemotePort:
-        nonlocal remote
-        remote = RemotePort(name=f"{target.name}@{where}")
-        return remote
-
-    hello = sess.Hello(port=target.name, mode="ro" if options.read_only else "rw")
-    label = server_label(target.host, target.port)
-    conn, answer = await connect_secure(
-        target.host,
-        target.port,
-        identity=identity,
-        request=hello,
-        trust=trust_checker(label, options.trust),
-        inner_factory=make_remote,
-    )
-    assert isinstance(answer, sess.Accept) and remote is not None
-    try:
-        async with asyncio.timeout(10.0):
-            await remote.active
-    except TimeoutError:
-        conn.abort()
-        raise ProtocolError(f"{target.name}@{where}: no RFC 2217 session inside the channel") from None
-    log.info("session %s on %s (%s)", answer.session[:8], target.name, answer.mode)
-    return remote
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectOptions:
     read_only: bool = False
     trust: TrustOptions = field(default_factory=TrustOptions)
+    keepalive: float = DEFAULT_KEEPALIVE
+    reconnect: bool = True
+    takeover: bool = False
+    scrollback: float = 0.0
+
+
+class Connection:
+    """A connected remote port plus whatever keeps it alive (the reconnect loop of a secure session)."""
+
+    def __init__(self, port: Port, client: ResilientClient | None = None) -> None:
+        self.port = port
+        self._client = client
+
+    async def run(self) -> None:
+        if self._client is not None:
+            await self._client.run()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        else:
+            await self.port.aclose()
+
+
+def _status(line: str) -> None:
+    print(f"meshserial: {line}", file=sys.stderr, flush=True)
+
+
+async def connect_target(target: Target, options: ConnectOptions | None = None) -> Connection:
+    """Connect; the returned port's RFC 2217 session is active."""
+    where = format_hostport(target.host, target.port)
+    if target.kind == "rfc2217":
+        return Connection(await connect_rfc2217(target.host, target.port, name=where))
+    options = options or ConnectOptions()
+    identity = load_identity_noting()
+    trust = trust_checker(server_label(target.host, target.port), options.trust)
+
+    async def connector(hello: sess.Hello, stream_for: StreamFor) -> tuple[ClientConnection, sess.Accept]:
+        conn, answer = await connect_secure(
+            target.host,
+            target.port,
+            identity=identity,
+            request=hello,
+            trust=trust,
+            stream_for=stream_for,
+            keepalive=options.keepalive,
+        )
+        assert isinstance(answer, sess.Accept)
+        return conn, answer
+
+    hello = sess.Hello(
+        port=target.name,
+        mode="ro" if options.read_only else "rw",
+        takeover=options.takeover,
+        scrollback=options.scrollback,
+    )
+    client = ResilientClient(
+        name=f"{target.name}@{where}",
+        hello=hello,
+        connector=connector,
+        status=_status,
+        reconnect=options.reconnect,
+    )
+    await client.open()
+    return Connection(client.port, client)
 
 
 def default_link(name: str) -> Path:
@@ -193,45 +228,58 @@ class UseOptions:
 
 
 async def run_pty(target: Target, *, link: Path | None, options: UseOptions) -> int:
-    """Virtual serial port until interrupted or the connection ends."""
+    """Virtual serial port until interrupted or the session ends."""
     link_path = link if link is not None else default_link(target.name)
     if link is None:
         paths.ensure_dir(link_path.parent)
-    remote = await connect_target(target, options.connect)
-    pty = PtyPort(link=link_path, settings=options.settings or SerialSettings())
+    connection = await connect_target(target, options.connect)
+    remote = connection.port
+    # The PTY and its link appear only once the session is up, so a script can wait for the link.
+    scrollback = options.connect.scrollback > 0
+    pty = PtyPort(
+        link=link_path,
+        settings=options.settings or SerialSettings(),
+        hold=SCROLLBACK_BYTES if scrollback else 0,
+    )
     bridge = PortLink(pty, remote, options.link_options)
     try:
-        await bridge.start()
-        if options.settings is not None:
-            remote.configure(options.settings)
-        if options.dtr is not None or options.rts is not None:
-            remote.set_control(dtr=options.dtr, rts=options.rts)
-        # The link appears only once the session is up, so a script can wait for it.
-        pty.create_link()
-        announce(f"{pty.path}  (link: {link_path})")
-        log.info("%s", PTY_LIMITATIONS)
-        side, exc = await bridge.wait()
+        async with asyncio.TaskGroup() as tasks:
+            keeper = tasks.create_task(connection.run())
+            await bridge.start()
+            if options.settings is not None:
+                remote.configure(options.settings)
+            if options.dtr is not None or options.rts is not None:
+                remote.set_control(dtr=options.dtr, rts=options.rts)
+            announce(f"{pty.path}  (link: {link_path})")
+            log.info("%s", PTY_LIMITATIONS)
+            side, exc = await bridge.wait()
+            keeper.cancel()
         if side is remote:
             raise ConnectionLost(f"connection to {remote.name} lost" + (f": {exc}" if exc else ""))
         return 0
     finally:
-        await bridge.aclose()
+        await connection.aclose()
+        await pty.aclose()
 
 
 async def run_gateway(target: Target, *, listen: tuple[str, int], options: UseOptions) -> int:
     """Local RFC 2217 endpoint relayed to the remote port."""
-    remote = await connect_target(target, options.connect)
+    connection = await connect_target(target, options.connect)
+    remote = connection.port
     shared = SharedPort(target.name, remote)
     server: PlainServer | None = None
     try:
-        await shared.start()
-        if options.settings is not None:
-            remote.configure(options.settings)
-        server = PlainServer([shared], *listen)
-        await server.start()
-        exc = await asyncio.shield(remote.lost)
+        async with asyncio.TaskGroup() as tasks:
+            keeper = tasks.create_task(connection.run())
+            await shared.start()
+            if options.settings is not None:
+                remote.configure(options.settings)
+            server = PlainServer([shared], *listen)
+            await server.start()
+            exc = await shared.closed
+            keeper.cancel()
         raise ConnectionLost(f"connection to {remote.name} lost" + (f": {exc}" if exc else ""))
     finally:
         if server is not None:
             await server.aclose()
-        await shared.aclose()
+        await connection.aclose()

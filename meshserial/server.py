@@ -11,23 +11,26 @@ import asyncio
 import contextlib
 import errno
 import logging
+import secrets
 import sys
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from meshserial.access import FileAuthorizer
 from meshserial.errors import PortBusy, Refused, UsageError
 from meshserial.keys import Identity, load_or_create_identity
 from meshserial.net.rfc2217_server import Rfc2217ServerSession
-from meshserial.net.secure import HandshakeLimiter, ServerConnection
-from meshserial.net.sharing import Mode, SharedPort
+from meshserial.net.secure import DEFAULT_KEEPALIVE, HANDSHAKE_TIMEOUT, HandshakeLimiter, ServerConnection
+from meshserial.net.sharing import SCROLLBACK_BYTES, Mode, SharedPort
+from meshserial.net.stream import SessionStream
 from meshserial.net.tcp import format_hostport, is_loopback
 from meshserial.ports.factory import open_port
 from meshserial.proto import session as sess
 from meshserial.proto.settings import SerialSettings
 
 log = logging.getLogger(__name__)
+
+DEFAULT_DETACH_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,7 +46,10 @@ class ShareConfig:
     listen: tuple[str, int] | None = None  # the secure listener
     rfc2217: tuple[str, int] | None = None  # plain RFC 2217, unauthenticated
     wait_for_device: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    keepalive: float = DEFAULT_KEEPALIVE
+    detach_timeout: float = DEFAULT_DETACH_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    scrollback: int = SCROLLBACK_BYTES
 
 
 async def listen(host: str, port: int, factory: Callable[[], asyncio.Protocol]) -> asyncio.Server:
@@ -99,19 +105,50 @@ def _session_factory(shared: SharedPort) -> Callable[[], asyncio.Protocol]:
     return lambda: Rfc2217ServerSession(shared)
 
 
+@dataclass(slots=True, kw_only=True, eq=False)
+class LiveSession:
+    """A session the server keeps, attached to a connection or waiting for its client to come back."""
+
+    id: str
+    client_id: bytes
+    shared: SharedPort
+    mode: Mode
+    stream: SessionStream
+    detach_timer: asyncio.TimerHandle | None = None
+    conn: ServerConnection | None = None
+
+
 class SecureServer:
-    """One encrypted listener for every shared port; clients name the port inside the channel."""
+    """One encrypted listener for every shared port; clients name the port inside the channel.
+
+    Sessions outlive their connections: when a connection drops, the session keeps its place on the
+    port (and the write lock) for ``detach_timeout`` seconds, buffering device output, so that the
+    client can reconnect and resume it without losing a byte.
+    """
 
     REVOCATION_CHECK = 1.0
 
-    def __init__(self, shared: list[SharedPort], identity: Identity, host: str, port: int) -> None:
+    def __init__(
+        self,
+        shared: list[SharedPort],
+        identity: Identity,
+        host: str,
+        port: int,
+        *,
+        keepalive: float = DEFAULT_KEEPALIVE,
+        detach_timeout: float = DEFAULT_DETACH_TIMEOUT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
         self._ports = {item.name: item for item in shared}
         self._identity = identity
         self._host = host
         self._port = port
+        self._keepalive = keepalive
+        self._detach_timeout = detach_timeout
+        self._handshake_timeout = handshake_timeout
         self._authorizer = FileAuthorizer()
         self._limiter = HandshakeLimiter()
-        self._connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+        self._sessions: dict[str, LiveSession] = {}
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
 
@@ -123,23 +160,136 @@ class SecureServer:
             announce(f"sharing {name} on {where} as {self._identity.id_string}")
 
     def _new_connection(self) -> ServerConnection:
-        conn = ServerConnection(
+        return ServerConnection(
             self._identity,
-            authorizer=self._authorizer,
-            open_session=self._open_session,
+            host=self,
             limiter=self._limiter,
+            keepalive=self._keepalive,
+            handshake_timeout=self._handshake_timeout,
         )
-        self._connections.add(conn)
-        return conn
 
-    def _open_session(self, conn: ServerConnection, hello: sess.Hello, label: str) -> asyncio.Protocol:
+    # ---- SessionHost -------------------------------------------------------------------------------
+
+    def label(self, client_id: bytes) -> str:
+        return self._authorizer.label(client_id)
+
+    def redeem(self, conn: ServerConnection, redeem: sess.Redeem) -> str:
+        assert conn.peer_id is not None and conn.handshake_hash is not None
+        return self._authorizer.redeem(redeem.invite, redeem.proof, conn.handshake_hash, conn.peer_id)
+
+    def hello(self, conn: ServerConnection, hello: sess.Hello) -> tuple[sess.Accept, SessionStream, int]:
+        client = conn.peer_id
+        assert client is not None
+        rights = self._authorizer.rights(client, hello.port)
+        if rights is None:
+            # Same answer whether the port exists or not: an unknown key learns nothing.
+            raise Refused(f"not authorized for port {hello.port!r}")
+        if hello.mode == "rw" and rights != "rw":
+            raise Refused(f"read-only access to {hello.port}: connect with --read-only")
         shared = self._ports.get(hello.port)
         if shared is None:
-            raise Refused(f"no port named {hello.port!r}")
+            raise Refused(f"no port named {hello.port!r} here")
         mode = Mode.READ_WRITE if hello.mode == "rw" else Mode.READ_ONLY
-        session = Rfc2217ServerSession(shared, mode=mode, label=label, attach=False)
-        shared.attach(session, mode)
-        return session
+        live = self._sessions.get(hello.session) if hello.session else None
+        if live is not None and live.client_id == client and live.shared is shared and live.mode is mode:
+            return self._resume(live, conn, hello), live.stream, hello.rx
+        if hello.takeover and mode is Mode.READ_WRITE:
+            self._take_over(client, shared)
+        return self._start(conn, hello, shared, mode)
+
+    def _start(
+        self, conn: ServerConnection, hello: sess.Hello, shared: SharedPort, mode: Mode
+    ) -> tuple[sess.Accept, SessionStream, int]:
+        client = conn.peer_id
+        assert client is not None
+        session_id = secrets.token_hex(16)
+        rfc = Rfc2217ServerSession(
+            shared,
+            mode=mode,
+            label=self._authorizer.label(client),
+            attach=False,
+            on_close=lambda _s: self._forget(session_id),
+        )
+        shared.attach(rfc, mode)  # Refused (port held by another writer) goes back to the client
+        stream = SessionStream(rfc, on_detached=self._detached)
+        live = LiveSession(
+            id=session_id, client_id=client, shared=shared, mode=mode, stream=stream, conn=conn
+        )
+        self._sessions[session_id] = live
+        if hello.scrollback > 0:
+            # Recent output goes first, right after the RFC 2217 opening, once the stream is carried.
+            rfc.queue_scrollback(shared.recent_output(hello.scrollback))
+        holder = shared.holder
+        return (
+            sess.Accept(
+                port=hello.port,
+                mode=hello.mode,
+                session=session_id,
+                holder=holder.label if holder is not None and mode is Mode.READ_ONLY else None,
+            ),
+            stream,
+            0,
+        )
+
+    def _resume(self, live: LiveSession, conn: ServerConnection, hello: sess.Hello) -> sess.Accept:
+        if live.detach_timer is not None:
+            live.detach_timer.cancel()
+            live.detach_timer = None
+        old = live.conn
+        if old is not None and old is not conn:
+            # The client knows its old connection is dead before we do: take the stream from it.
+            old.release()
+            old.abort()
+        live.conn = conn
+        lost = max(0, live.stream.replay.start - hello.rx)
+        log.info(
+            "%s resumed its session on %s%s",
+            self.label(live.client_id),
+            live.shared.name,
+            f" ({lost} bytes could not be kept)" if lost else "",
+        )
+        return sess.Accept(
+            port=hello.port,
+            mode=hello.mode,
+            session=live.id,
+            rx=live.stream.counter.received,
+            tx=live.stream.replay.sent,
+            lost=lost,
+        )
+
+    def _take_over(self, client: bytes, shared: SharedPort) -> None:
+        for live in list(self._sessions.values()):
+            if live.shared is shared and live.client_id == client and live.mode is Mode.READ_WRITE:
+                log.info("%s takes over its own session on %s", self.label(client), shared.name)
+                live.stream.end("replaced by a new session of the same client (--takeover)")
+
+    def _detached(self, stream: SessionStream, exc: BaseException | None) -> None:
+        live = next((x for x in self._sessions.values() if x.stream is stream), None)
+        if live is None:
+            return
+        live.conn = None
+        log.info(
+            "%s lost its connection to %s (%s); keeping the session for %g s",
+            self.label(live.client_id),
+            live.shared.name,
+            exc,
+            self._detach_timeout,
+        )
+        loop = asyncio.get_running_loop()
+        live.detach_timer = loop.call_later(self._detach_timeout, self._expire, live)
+
+    def _expire(self, live: LiveSession) -> None:
+        live.detach_timer = None
+        log.info("session of %s on %s expired", self.label(live.client_id), live.shared.name)
+        live.stream.ended_by_peer(None)
+        self._forget(live.id)
+
+    def _forget(self, session_id: str) -> None:
+        live = self._sessions.pop(session_id, None)
+        if live is not None and live.detach_timer is not None:
+            live.detach_timer.cancel()
+
+    # ---- revocation and shutdown -------------------------------------------------------------------
 
     async def watch_revocations(self) -> None:
         """End live sessions whose key lost its rights (``meshserial revoke`` / an edit of the file)."""
@@ -147,23 +297,27 @@ class SecureServer:
             await asyncio.sleep(self.REVOCATION_CHECK)
             if not self._authorizer.changed():
                 continue
-            for conn in list(self._connections):
-                if conn.peer_id is None or conn.port_name is None or conn.closing:
-                    continue
-                rights = self._authorizer.rights(conn.peer_id, conn.port_name)
-                if rights is None or (conn.mode == "rw" and rights != "rw"):
+            for live in list(self._sessions.values()):
+                rights = self._authorizer.rights(live.client_id, live.shared.name)
+                if rights is None or (live.mode is Mode.READ_WRITE and rights != "rw"):
                     log.warning(
                         "access of %s to %s revoked; ending its session",
-                        self._authorizer.label(conn.peer_id),
-                        conn.port_name,
+                        self.label(live.client_id),
+                        live.shared.name,
                     )
-                    conn.close()
+                    live.stream.end("access revoked")
+                    self._forget(live.id)
 
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
-        for conn in list(self._connections):
-            conn.close()
+        for live in list(self._sessions.values()):
+            conn, live.conn = live.conn, None
+            if conn is not None:
+                conn.release()
+                conn.go_away("server is shutting down")
+            live.stream.ended_by_peer(None)  # ends the session here only; the client will reconnect
+        self._sessions.clear()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -183,12 +337,19 @@ async def run_share(config: ShareConfig) -> int:
     try:
         for device in config.devices:
             port = open_port(device.spec, device.settings, wait=config.wait_for_device)
-            item = SharedPort(device.name, port)
+            item = SharedPort(device.name, port, scrollback=config.scrollback)
             await item.start()
             shared.append(item)
         if config.listen is not None:
             assert identity is not None
-            secure = SecureServer(shared, identity, *config.listen)
+            secure = SecureServer(
+                shared,
+                identity,
+                *config.listen,
+                keepalive=config.keepalive,
+                detach_timeout=config.detach_timeout,
+                handshake_timeout=config.handshake_timeout,
+            )
             await secure.start()
         if config.rfc2217 is not None:
             plain = PlainServer(shared, *config.rfc2217)

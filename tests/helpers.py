@@ -59,17 +59,18 @@ class Proc:
         with self._cond:
             self._cond.notify_all()
 
-    def wait_line(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        """Wait for a stdout line matching ``pattern`` (regex search)."""
+    def wait_line(self, pattern: str, timeout: float = 15.0, *, stderr: bool = False) -> re.Match[str]:
+        """Wait for a stdout (or stderr) line matching ``pattern`` (regex search)."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = 0
+        lines = self._err if stderr else self._lines
         with self._cond:
             while True:
-                for line in self._lines[seen:]:
+                for line in lines[seen:]:
                     if m := regex.search(line):
                         return m
-                seen = len(self._lines)
+                seen = len(lines)
                 if self.proc.poll() is not None and all(not t.is_alive() for t in self._threads[:1]):
                     raise AssertionError(
                         f"{self.argv} exited {self.proc.returncode} before printing {pattern!r}\n"

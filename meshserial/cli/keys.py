@@ -185,7 +185,7 @@ async def _accept(
 
         try:
             conn, answer = await connect_secure(
-                host, port, identity=identity, request=redeem, trust=check, inner_factory=None
+                host, port, identity=identity, request=redeem, trust=check, stream_for=None
             )
         except MeshserialError as exc:
             last = exc

@@ -7,6 +7,7 @@ import argparse
 from meshserial.errors import UsageError
 from meshserial.net.tcp import parse_hostport
 from meshserial.proto.settings import Parity, SerialSettings, StopBits
+from meshserial.trust import parse_duration
 
 
 def hostport(default_port: int | None) -> type | object:
@@ -18,6 +19,20 @@ def hostport(default_port: int | None) -> type | object:
 
     parse.__name__ = "HOST:PORT"
     return parse
+
+
+def seconds(text: str) -> float:
+    """``2.5``, ``90s``, ``15m``, ``2h``."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            value = parse_duration(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if not value >= 0 or value > 30 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a usable duration")
+    return value
 
 
 def positive_int(text: str) -> int:

@@ -6,11 +6,13 @@ import argparse
 from collections.abc import Coroutine
 from typing import Any
 
-from meshserial.cli.options import add_line_settings, hostport, line_settings
+from meshserial.cli.options import add_line_settings, hostport, line_settings, seconds
 from meshserial.errors import UsageError
+from meshserial.net.secure import DEFAULT_KEEPALIVE, HANDSHAKE_TIMEOUT
+from meshserial.net.sharing import SCROLLBACK_BYTES
 from meshserial.net.tcp import DEFAULT_PORT
 from meshserial.ports.factory import default_name
-from meshserial.server import DeviceConfig, ShareConfig, run_share
+from meshserial.server import DEFAULT_DETACH_TIMEOUT, DeviceConfig, ShareConfig, run_share
 
 HELP = "serve local serial ports (a device path, or sim:echo / sim:nmea)"
 
@@ -42,6 +44,37 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--wait", action="store_true", help="wait for a device that does not exist yet instead of failing"
     )
     add_line_settings(parser, default_baud=9600)
+    session = parser.add_argument_group("sessions")
+    session.add_argument(
+        "--keepalive",
+        type=seconds,
+        default=DEFAULT_KEEPALIVE,
+        metavar="S",
+        help=f"drop a connection after S seconds of silence (default {DEFAULT_KEEPALIVE:g})",
+    )
+    session.add_argument(
+        "--detach-timeout",
+        type=seconds,
+        default=DEFAULT_DETACH_TIMEOUT,
+        metavar="S",
+        help="keep a session whose connection dropped this long for its client to resume it "
+        f"(default {DEFAULT_DETACH_TIMEOUT:g})",
+    )
+    session.add_argument(
+        "--handshake-timeout",
+        type=seconds,
+        default=HANDSHAKE_TIMEOUT,
+        metavar="S",
+        help=f"close connections that have not completed the handshake by then "
+        f"(default {HANDSHAKE_TIMEOUT:g})",
+    )
+    session.add_argument(
+        "--scrollback-size",
+        type=int,
+        default=SCROLLBACK_BYTES,
+        metavar="BYTES",
+        help=f"recent device output kept per port for use --scrollback (default {SCROLLBACK_BYTES})",
+    )
     parser.set_defaults(func=run)
 
 
@@ -71,5 +104,14 @@ def run(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
     listen = args.listen
     if listen is None and args.rfc2217 is None:
         listen = ("0.0.0.0", DEFAULT_PORT)
-    config = ShareConfig(devices=devices, listen=listen, rfc2217=args.rfc2217, wait_for_device=args.wait)
+    config = ShareConfig(
+        devices=devices,
+        listen=listen,
+        rfc2217=args.rfc2217,
+        wait_for_device=args.wait,
+        keepalive=args.keepalive,
+        detach_timeout=args.detach_timeout,
+        handshake_timeout=args.handshake_timeout,
+        scrollback=args.scrollback_size,
+    )
     return run_share(config)

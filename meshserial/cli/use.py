@@ -7,10 +7,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from meshserial.cli.options import add_line_settings, hostport, line_settings, on_off
+from meshserial.cli.options import add_line_settings, hostport, line_settings, on_off, seconds
 from meshserial.client import ConnectOptions, TrustOptions, UseOptions, parse_target, run_gateway, run_pty
 from meshserial.errors import UsageError
 from meshserial.net.link import LinkOptions
+from meshserial.net.secure import DEFAULT_KEEPALIVE
 
 HELP = "use a remote serial port as a local virtual port or a local RFC 2217 endpoint"
 
@@ -54,6 +55,31 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="watch the port: receive its output, send nothing, change no setting",
     )
+    session = parser.add_argument_group("session")
+    session.add_argument(
+        "--keepalive",
+        type=seconds,
+        default=DEFAULT_KEEPALIVE,
+        metavar="S",
+        help=f"declare the connection dead after S seconds of silence (default {DEFAULT_KEEPALIVE:g})",
+    )
+    session.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="end when the connection is lost instead of reconnecting and resuming",
+    )
+    session.add_argument(
+        "--takeover",
+        action="store_true",
+        help="replace a stale read-write session of this same identity on the port",
+    )
+    session.add_argument(
+        "--scrollback",
+        type=seconds,
+        default=0.0,
+        metavar="DURATION",
+        help="first replay the device output of the last DURATION (e.g. 30s, 2m) kept by the server",
+    )
     parser.set_defaults(func=run)
 
 
@@ -67,6 +93,10 @@ def run(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
         connect=ConnectOptions(
             read_only=args.read_only,
             trust=TrustOptions(trust_new=args.trust_new, interactive=True),
+            keepalive=args.keepalive,
+            reconnect=not args.no_reconnect,
+            takeover=args.takeover,
+            scrollback=args.scrollback,
         ),
     )
     if args.link is not None and not args.pty:

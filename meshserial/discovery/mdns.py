@@ -6,30 +6,16 @@ Every shared port is one DNS-SD service of type ``_meshserial._tcp``. mDNS is li
 :class:`Advertiser` and the :class:`Browser` run one ``AsyncZeroconf`` per selected interface, bound
 to that interface's IPv4 addresses only. That is what keeps a LAN address from being advertised on a
 ZeroTier link (and the reverse), and what lets the browser say *via which link* it saw a server. On
-Linux the shared mDNS listening socket is also told not to take multicast joined by sibling sockets
-(``IP_MULTICAST_ALL=0``); otherwise a LAN instance would hear, and answer by unicast, queries that
-arrived on the overlay.
+Linux each instance's mDNS listening socket is also bound to its device: the sockets all share
+0.0.0.0:5353, and otherwise a LAN instance could take, and answer by unicast, a query that arrived on
+the overlay.
 
 Adverts are hints. Anyone on the link can send one; identity is proven only by the handshake against
 a pinned key. A server that crashed without a goodbye stays in every python-zeroconf cache for up to
 ~19 minutes (the PTR TTL floor), hence :func:`probe`.
 
-TXT schema (``v=1``), keys at most 9 characters as RFC 6763 section 6.4 asks:
-
-==========  =========================================================================
-``v``       protocol version, ``1``
-``port``    port name; the instance name is ``<port> @ <host label>``, renamed by mDNS on collision
-``id``      server identity string (``ms1…``); a hint, never a proof
-``host``    the server's host name, for humans
-``state``   ``free`` | ``in-use`` | ``offline``
-``rights``  what a client may expect, e.g. ``rw``, ``ro``, ``auth``
-``holder``  short label of the current holder, only while ``in-use`` (optional)
-``vid`` ``pid`` ``serial`` ``mfr`` ``product`` ``desc``
-            device description, each optional
-==========  =========================================================================
-
-Each ``key=value`` string is cut to 255 bytes (section 6.1) and the whole record is kept at or below
-1300 bytes (section 6.2) by dropping device keys, ``desc`` first. Building a TXT never fails.
+The TXT schema and the :class:`Discovered` shape are documented in
+:mod:`meshserial.discovery.txt`; everything there is re-exported here.
 
 What is deliberately not done: IPv6 adverts (IPv4 per link is enough on LANs and ZeroTier, and ``::1``
 does not work for tests), and wide-area (unicast) DNS-SD.
@@ -43,9 +29,8 @@ import enum
 import logging
 import socket
 import sys
-import unicodedata
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from zeroconf import BadTypeInNameException, IPVersion, ServiceStateChange, Zeroconf
@@ -54,22 +39,37 @@ from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from meshserial.discovery.overlay import Interface
+from meshserial.discovery.txt import (
+    DEVICE_KEYS,
+    MAX_INCOMING_TXT,
+    MAX_TXT_STRING,
+    MAX_TXT_TOTAL,
+    SER2NET_TYPE,
+    SERVICE_TYPE,
+    STATES,
+    TXT_VERSION,
+    Discovered,
+    Kind,
+    MalformedAdvert,
+    ServiceAd,
+    build_txt,
+    cut_utf8,
+    merge,
+    parse_service,
+    printable,
+    txt_size,
+)
 from meshserial.errors import NetworkError, UsageError
+
+__all__ = [
+    "DEVICE_KEYS", "MAX_TXT_STRING", "MAX_TXT_TOTAL", "SER2NET_TYPE", "SERVICE_TYPE", "STATES", "TXT_VERSION",
+    "UNSET", "Advertiser", "BrowseEvent", "Browser", "Discovered", "Kind", "MalformedAdvert", "ServiceAd",
+    "browse", "build_txt", "merge", "parse_service", "probe", "txt_size",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-SERVICE_TYPE = "_meshserial._tcp.local."
-SER2NET_TYPE = "_iostream._tcp.local."
-TXT_VERSION = "1"
-STATES = ("free", "in-use", "offline")
-DEVICE_KEYS = ("vid", "pid", "serial", "mfr", "product", "desc")
-_DROP_ORDER = ("desc", "product", "mfr", "serial", "pid", "vid")
 
-MAX_TXT_STRING = 255
-MAX_TXT_TOTAL = 1300
-_MAX_RIGHTS = 32
-_MAX_HOLDER = 64
-_MAX_INCOMING_TXT = 2048  # more than a conforming sender ever needs; larger records are ignored
 _MAX_ENTRIES = 4096  # distinct services kept by one Browser
 _OTHER_TTL = 1125  # PTR/SRV/TXT; python-zeroconf browsers clamp lower values up to this anyway
 _FIRST_ANSWER_WINDOW = 0.6  # s: first query goes out after 20-120 ms, shared answers wait 20-120 ms more
@@ -87,157 +87,6 @@ _IP_MULTICAST_ALL = 49  # <linux/in.h>; not exported by the socket module
 _DNS_FLAGS_QUERY = 0x0000
 _DNS_TYPE_PTR = 12
 _DNS_CLASS_IN = 1
-
-
-# --------------------------------------------------------------------------------------------- TXT
-
-
-def _cut(text: str, limit: int) -> str:
-    """``text`` shortened to at most ``limit`` UTF-8 bytes, never splitting a character."""
-    data = text.encode()
-    if len(data) <= limit:
-        return text
-    return data[:limit].decode("utf-8", "ignore")
-
-
-def _clean(text: str) -> str:
-    return "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
-
-
-def txt_size(txt: dict[str, str]) -> int:
-    """Wire size of a TXT record: one length byte plus ``key=value`` per string."""
-    return sum(1 + len(k.encode()) + 1 + len(v.encode()) for k, v in txt.items())
-
-
-@dataclass(slots=True, kw_only=True)
-class ServiceAd:
-    """One port to advertise. ``port`` is the TCP port; 0 means the Advertiser's ``tcp_port``."""
-
-    name: str
-    port: int
-    server_id: str
-    state: str
-    rights: str
-    device: dict[str, str] = field(default_factory=dict)
-    holder: str | None = None
-
-
-def build_txt(ad: ServiceAd, *, host: str) -> dict[str, str]:
-    """The TXT properties for ``ad``, trimmed to the limits in the module docstring."""
-    txt: dict[str, str] = {
-        "v": TXT_VERSION,
-        "port": ad.name,
-        "id": ad.server_id,
-        "host": host,
-        "state": ad.state,
-        "rights": _cut(ad.rights, _MAX_RIGHTS),
-    }
-    if ad.holder:
-        txt["holder"] = _cut(_clean(ad.holder), _MAX_HOLDER)
-    for key in DEVICE_KEYS:
-        value = ad.device.get(key)
-        if value:
-            txt[key] = _clean(value)
-    for key, value in txt.items():
-        txt[key] = _cut(value, MAX_TXT_STRING - len(key.encode()) - 1)
-    for key in (*_DROP_ORDER, "holder", "host"):
-        if txt_size(txt) <= MAX_TXT_TOTAL:
-            break
-        txt.pop(key, None)
-    return txt
-
-
-class MalformedAdvert(Exception):
-    """Internal: a TXT record from the network that we will not use (the message is the reason)."""
-
-
-def _ser2net_device(txt: dict[str, str]) -> dict[str, str]:
-    names = {"idVendor": "vid", "idProduct": "pid", "serial": "serial", "manufacturer": "mfr"}
-    names |= {"product": "product", "interface": "desc"}
-    return {ours: txt[theirs] for theirs, ours in names.items() if txt.get(theirs)}
-
-
-# ------------------------------------------------------------------------------------- discovered
-
-
-Kind = Literal["meshserial", "ser2net"]
-
-
-@dataclass(slots=True, kw_only=True)
-class Discovered:
-    """A port seen on the network, merged over every link it was seen on.
-
-    ``addresses`` are ``ip:port`` (``[v6]:port`` for IPv6); ``via`` names the links, with the ZeroTier
-    network name when known (``zt3a1(My Net)``). For ser2net entries ``server_id`` is empty, ``state``
-    is ``unknown`` and ``txt`` keeps ser2net's own keys (``gensiostack`` tells telnet/RFC 2217 from raw).
-    ``reachable`` is None until a caller has :func:`probe`\\ d the entry.
-    """
-
-    kind: Kind
-    name: str
-    host: str
-    server_id: str
-    addresses: list[str]
-    via: list[str]
-    device: dict[str, str]
-    state: str
-    rights: str
-    holder: str | None
-    txt: dict[str, str]
-    reachable: bool | None = None
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """What makes two sightings the same port."""
-        if self.kind == "meshserial":
-            return (self.kind, self.server_id, self.name)
-        return (self.kind, self.host, self.name)
-
-
-def parse_service(service_type: str, instance: str, server: str, txt: dict[str, str]) -> Discovered:
-    """A :class:`Discovered` (one link, no addresses yet) from a resolved service.
-
-    Raises :class:`MalformedAdvert` for records that are not ours to use.
-    """
-    if txt_size(txt) > _MAX_INCOMING_TXT:
-        raise MalformedAdvert("oversized TXT record")
-    host = server.removesuffix(".").removesuffix(".local")
-    if service_type == SER2NET_TYPE:
-        if txt.get("provider") != "ser2net":
-            raise MalformedAdvert("not a ser2net advert")
-        return Discovered(
-            kind="ser2net", name=instance, host=host, server_id="", addresses=[], via=[],
-            device=_ser2net_device(txt), state="unknown", rights="", holder=None, txt=txt,
-        )  # fmt: skip
-    if txt.get("v") != TXT_VERSION:
-        raise MalformedAdvert(f"unsupported TXT version {txt.get('v', '(none)')[:8]!r}")
-    name, server_id = txt.get("port", ""), txt.get("id", "")
-    if not name or not server_id:
-        raise MalformedAdvert("TXT without port or id")
-    state = txt.get("state", "")
-    if state not in STATES:
-        raise MalformedAdvert(f"unknown state {state[:16]!r}")
-    return Discovered(
-        kind="meshserial", name=name, host=txt.get("host") or host, server_id=server_id, addresses=[],
-        via=[], device={k: txt[k] for k in DEVICE_KEYS if txt.get(k)}, state=state,
-        rights=txt.get("rights", ""), holder=txt.get("holder") or None, txt=txt,
-    )  # fmt: skip
-
-
-def merge(sightings: Iterable[Discovered]) -> list[Discovered]:
-    """Merge sightings of the same port (same :attr:`Discovered.key`): addresses and via unioned.
-
-    The first sighting of a key supplies the other fields. Order is preserved.
-    """
-    merged: dict[tuple[str, str, str], Discovered] = {}
-    for seen in sightings:
-        have = merged.get(seen.key)
-        if have is None:
-            merged[seen.key] = replace(seen, addresses=list(seen.addresses), via=list(seen.via))
-            continue
-        have.addresses.extend(a for a in seen.addresses if a not in have.addresses)
-        have.via.extend(v for v in seen.via if v not in have.via)
-    return list(merged.values())
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -313,18 +162,29 @@ def _open_zeroconf(iface: Interface) -> AsyncZeroconf | None:
     except (OSError, RuntimeError, ValueError) as exc:
         log.warning("mDNS cannot use interface %s: %s", iface.name, exc)
         return None
-    _isolate(aiozc.zeroconf)
+    _isolate(aiozc.zeroconf, iface.name)
     return aiozc
 
 
-def _isolate(zc: Zeroconf) -> None:
-    """Make the wildcard listening socket hear only the groups it joined itself (Linux)."""
+def _isolate(zc: Zeroconf, ifname: str) -> None:
+    """Make the shared wildcard listening socket hear only ``ifname`` (Linux).
+
+    Every instance binds 0.0.0.0:5353 with SO_REUSEPORT. Without this, a query that arrived on the
+    overlay could be taken and answered (by unicast, routed back over the overlay) by the LAN instance,
+    leaking LAN addresses; seen in the namespace tests. SO_BINDTODEVICE pins the socket to its link;
+    IP_MULTICAST_ALL=0 is the fallback where binding to a device is not permitted.
+    """
     if not sys.platform.startswith("linux"):
         return
     sock = getattr(zc.engine, "_listen_socket", None)
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
+    if not isinstance(sock, socket.socket):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_BINDTODEVICE", 25), ifname.encode())
+    except OSError as exc:
+        log.debug("cannot bind the mDNS socket to %s: %s", ifname, exc)
 
 
 def _send_qm_query(zc: Zeroconf, types: list[str]) -> None:
@@ -337,7 +197,7 @@ def _send_qm_query(zc: Zeroconf, types: list[str]) -> None:
 
 def _label(text: str, limit: int = 63) -> str:
     """A DNS-SD instance label: no control characters, no dots, at most ``limit`` bytes."""
-    return _cut(_clean(text).replace(".", "-").strip(), limit) or "port"
+    return cut_utf8(printable(text).replace(".", "-").strip(), limit) or "port"
 
 
 def _host_label(text: str) -> str:
@@ -724,7 +584,7 @@ class Browser:
             log.debug("could not resolve %s on %s", name, link.iface.name)
             return
         server = info.server or name
-        if info.text is not None and len(info.text) > _MAX_INCOMING_TXT:
+        if info.text is not None and len(info.text) > MAX_INCOMING_TXT:
             self._bad(server, "oversized TXT record")
             return
         txt = {k: v or "" for k, v in info.decoded_properties.items()}
@@ -774,7 +634,9 @@ async def browse(
     """Ports visible on ``interfaces`` right now, merged across links.
 
     Returns when answers have settled (nothing new for ``quiet`` s, see :meth:`Browser.settle`),
-    at the latest after ``timeout`` s.
+    at the latest after ``timeout`` s. Typically ~0.6 s. One known gap: a server on the *same host*
+    that registered less than a second ago may answer only after ~1 s, too late for a LAN browse
+    (loopback browses wait long enough); a :class:`Browser` (``list --watch``) still sees it.
     """
     async with Browser(interfaces=interfaces, include_ser2net=include_ser2net) as browser:
         await browser.settle(timeout=timeout, quiet=quiet)

@@ -177,6 +177,10 @@ class RemotePort(Port, asyncio.Protocol):
     async def start(self, listener: PortListener) -> None:
         if self._closed:
             raise PortClosed(f"connection to {self.name} is closed")
+        self.bind(listener)
+
+    def bind(self, listener: PortListener) -> None:
+        """Start delivering callbacks to ``listener`` (data that arrived earlier first)."""
         self._listener = listener
         early, self._early = self._early, []
         for chunk in early:

@@ -60,6 +60,7 @@ class Rfc2217ServerSession(asyncio.Protocol):
         self._peer = "peer"
         self._closing = False
         self._suspended_output: list[bytes] = []
+        self._scrollback = b""
         self.closed = asyncio.get_running_loop().create_future()
 
     # ---- asyncio.Protocol --------------------------------------------------------------------------
@@ -85,6 +86,13 @@ class Rfc2217ServerSession(asyncio.Protocol):
         self._engine = rfc2217.ServerSide(modem_state=state if state is not None else _default_modem(shared))
         self._engine.initiate()
         self._flush()
+        if self._scrollback:
+            scrollback, self._scrollback = self._scrollback, b""
+            self.deliver(scrollback)
+
+    def queue_scrollback(self, data: bytes) -> None:
+        """Device output from before this session, sent right after the RFC 2217 opening."""
+        self._scrollback = data
 
     def data_received(self, data: bytes) -> None:
         if self._closing:

@@ -1,35 +1,33 @@
-"""The secure channel on a TCP connection, and the transport it gives to the RFC 2217 layer.
+"""The secure channel on a TCP connection, carrying one resumable session.
 
-``SecureConnection`` is the asyncio protocol of the TCP connection. It feeds the sans-IO
-:class:`~meshserial.proto.channel.SecureChannel`, runs the session hello, and then hands an
-:class:`InnerTransport` to an ordinary RFC 2217 protocol (:class:`Rfc2217ServerSession` on the server,
-:class:`RemotePort` on the client): the RFC 2217 layer never sees ciphertext, and the channel never sees
-serial settings.
+``SecureConnection`` is the asyncio protocol of one TCP connection. It feeds the sans-IO
+:class:`~meshserial.proto.channel.SecureChannel`, runs the session control exchange (hello / accept /
+deny / ack) and carries a :class:`~meshserial.net.stream.SessionStream`, which in turn gives the RFC 2217
+protocol a transport that survives the connection: the RFC 2217 layer never sees ciphertext, and the
+channel never sees serial settings.
 
 Server: a client is authorized only after it has proven its key (Noise message 3) and named the port
 in its hello; before that, nothing it sends reaches a port and it learns nothing about the ports. The
 first failure of any kind closes the connection. Unauthenticated handshakes are bounded per source
 address and in total, and each has a deadline, so floods and slow clients cannot starve others.
+
+Keepalive: once the session runs, each side pings after ``keepalive / 3`` seconds without traffic
+and drops the connection after ``keepalive`` seconds of silence from the peer, so a dead path is noticed
+within that time on both sides (TCP alone may take minutes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from meshserial.errors import (
-    ConnectionLost,
-    HandshakeError,
-    MeshserialError,
-    ProtocolError,
-    Refused,
-)
+from meshserial.errors import ConnectionLost, HandshakeError, MeshserialError, ProtocolError, Refused
 from meshserial.keys import Identity, verify_handshake_payload
 from meshserial.net.logonce import LogOnce
+from meshserial.net.stream import SessionStream
 from meshserial.net.tcp import tune_socket
 from meshserial.proto import channel as ch
 from meshserial.proto import session as sess
@@ -38,67 +36,37 @@ log = logging.getLogger(__name__)
 _log_once = LogOnce(log)
 
 HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_KEEPALIVE = 9.0
 MAX_PENDING_PER_IP = 16
 MAX_PENDING_TOTAL = 256
-
-
-class InnerTransport(asyncio.Transport):
-    """What the RFC 2217 layer writes to: plaintext in, records out."""
-
-    def __init__(self, outer: SecureConnection) -> None:
-        super().__init__()
-        self._outer = outer
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._outer.send_plain(bytes(data))
-
-    def close(self) -> None:
-        self._outer.close()
-
-    def abort(self) -> None:
-        self._outer.abort()
-
-    def is_closing(self) -> bool:
-        return self._outer.closing
-
-    def pause_reading(self) -> None:
-        self._outer.tcp_pause_reading()
-
-    def resume_reading(self) -> None:
-        self._outer.tcp_resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._outer.reading
-
-    def get_write_buffer_size(self) -> int:
-        tcp = self._outer.tcp
-        return tcp.get_write_buffer_size() if tcp is not None else 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peer_id":
-            return self._outer.peer_id
-        tcp = self._outer.tcp
-        return tcp.get_extra_info(name, default) if tcp is not None else default
 
 
 class SecureConnection(asyncio.Protocol):
     """Common plumbing of both ends."""
 
-    def __init__(self, identity: Identity, *, initiator: bool, payload: dict[str, Any]) -> None:
+    def __init__(
+        self, identity: Identity, *, initiator: bool, payload: dict[str, Any], keepalive: float
+    ) -> None:
         self._channel = ch.SecureChannel(
             initiator=initiator,
             static_private=identity.noise_private,
             payload=identity.handshake_payload(payload),
         )
+        self._loop = asyncio.get_running_loop()
         self.tcp: asyncio.Transport | None = None
         self.peer = "peer"
         self.peer_id: bytes | None = None
         self.handshake_hash: bytes | None = None
-        self.inner: asyncio.Protocol | None = None
+        self.stream: SessionStream | None = None
         self.closing = False
         self.reading = True
-        self._inner_lost = False
+        self.end_reason: str | None = None  # what the peer said when it ended the session
+        self.going_away: str | None = None  # the server announced it is stopping
         self._peer_closed = False
+        self._keepalive = keepalive
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._last_rx = self._loop.time()
+        self._last_tx = self._last_rx
 
     # ---- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -110,11 +78,11 @@ class SecureConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "peer"
 
     def data_received(self, data: bytes) -> None:
-        if self.closing and self._peer_closed:
+        if self._peer_closed:
             return
+        self._last_rx = self._loop.time()
         try:
-            events = self._channel.receive_data(data)
-            for event in events:
+            for event in self._channel.receive_data(data):
                 self.handle_event(event)
         except MeshserialError as exc:
             self.fail(exc)
@@ -122,48 +90,56 @@ class SecureConnection(asyncio.Protocol):
         self.flush()
 
     def eof_received(self) -> bool | None:
-        if not self._peer_closed:
-            try:
-                self._channel.eof_received()
-            except MeshserialError as exc:
-                if self.inner is not None:
-                    log.info("%s: %s", self.peer, exc)
-                self._lose_inner(exc)
-        return None
+        return None  # connection_lost follows; it decides between "closed" and "lost"
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        if exc is None and not self._peer_closed:
-            self._lose_inner(ConnectionLost("connection closed without CLOSE"))
+        self._stop_keepalive()
+        stream, self.stream = self.stream, None
+        if stream is None:
+            return
+        if self.going_away is not None:
+            stream.detach(ConnectionLost(f"the server went away: {self.going_away}"))
+        elif self._peer_closed:
+            reason = self.end_reason
+            stream.ended_by_peer(ConnectionLost(f"the peer ended the session: {reason}") if reason else None)
         else:
-            self._lose_inner(exc)
+            stream.detach(exc or ConnectionLost("connection ended without CLOSE"))
 
     def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
+        if self.stream is not None:
+            self.stream.tcp_pause()
 
     def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
+        if self.stream is not None:
+            self.stream.tcp_resume()
 
     # ---- events ----------------------------------------------------------------------------------
 
     def handle_event(self, event: ch.ChannelEvent) -> None:
         match event:
             case ch.DataReceived(data=data):
-                if self.inner is not None:
-                    self.inner.data_received(data)
-                else:
+                if self.stream is None:
                     raise ProtocolError("data before the session was accepted")
+                self.stream.data_received(data)
             case ch.ControlReceived(message=message):
-                self.control(sess.decode(message))
+                msg = sess.decode(message)
+                if isinstance(msg, sess.Ack):
+                    if self.stream is None:
+                        raise ProtocolError("ack outside a session")
+                    self.stream.ack_received(msg.offset)
+                elif isinstance(msg, sess.Deny) and self.stream is not None:
+                    self.end_reason = msg.reason  # the session is being ended; CLOSE follows
+                elif isinstance(msg, sess.GoAway):
+                    self.going_away = msg.reason  # the server stops; CLOSE follows, then reconnect
+                else:
+                    self.control(msg)
             case ch.Closed():
                 self._peer_closed = True
                 self.closing = True
                 self.flush()
                 if self.tcp is not None:
                     self.tcp.close()
-                self._lose_inner(None)
             case ch.PeerIdentified(remote_static=remote_static, payload=payload):
                 self.peer_id, extra = verify_handshake_payload(payload, remote_static)
                 self.identified(self.peer_id, extra)
@@ -176,36 +152,32 @@ class SecureConnection(asyncio.Protocol):
         """The peer proved ``peer_id``."""
 
     def control(self, message: sess.Message) -> None:
-        """A session control message arrived."""
+        """A session control message other than ``ack`` arrived."""
 
-    # ---- output ----------------------------------------------------------------------------------
-
-    def send_control(self, message: sess.Message) -> None:
-        self._channel.send_control(sess.encode(message))
-        self.flush()
+    # ---- Carrier (used by SessionStream) ---------------------------------------------------------
 
     def send_plain(self, data: bytes) -> None:
-        if self.closing:
+        # Records decrypted in the same read as the peer's CLOSE are still delivered; replies to them
+        # have nowhere to go once the channel is closed.
+        if self.closing or self._channel.state is not ch.ChannelState.ESTABLISHED:
             return
         self._channel.send_data(data)
         self.flush()
 
-    def flush(self) -> None:
-        out = self._channel.data_to_send()
-        if out and self.tcp is not None and not self.tcp.is_closing():
-            self.tcp.write(out)
+    def send_ack(self, offset: int) -> None:
+        if not self.closing and self._channel.state is ch.ChannelState.ESTABLISHED:
+            self.send_control(sess.Ack(offset=offset))
 
-    def attach(self, inner: asyncio.Protocol) -> None:
-        self.inner = inner
-        inner.connection_made(InnerTransport(self))
-
-    def close(self) -> None:
-        """Send CLOSE and end the connection."""
+    def close(self, reason: str | None = None) -> None:
+        """End the connection cleanly (a reason is sent first, when there is one)."""
         if self.closing:
             return
         self.closing = True
+        self._stop_keepalive()
         try:
             if self._channel.established:
+                if reason:
+                    self._channel.send_control(sess.encode(sess.Deny(reason=reason)))
                 self._channel.close()
                 self.flush()
         except MeshserialError:
@@ -213,16 +185,16 @@ class SecureConnection(asyncio.Protocol):
         if self.tcp is not None:
             self.tcp.close()
 
-    def abort(self) -> None:
-        self.closing = True
-        if self.tcp is not None:
-            self.tcp.abort()
-
-    def fail(self, exc: BaseException) -> None:
-        reason = type(exc).__name__ if not isinstance(exc, MeshserialError) else str(exc)
-        _log_once.warning(self.peer.rsplit(":", 1)[0], f"closing connection: {reason}")
-        self.abort()
-        self._lose_inner(exc)
+    def go_away(self, reason: str) -> None:
+        """Tell the client we are stopping (it will reconnect), then close."""
+        if self.closing:
+            return
+        try:
+            if self._channel.state is ch.ChannelState.ESTABLISHED:
+                self._channel.send_control(sess.encode(sess.GoAway(reason=reason)))
+        except MeshserialError:
+            pass
+        self.close()
 
     def tcp_pause_reading(self) -> None:
         if self.tcp is not None and self.reading and not self.closing:
@@ -234,26 +206,88 @@ class SecureConnection(asyncio.Protocol):
             self.reading = True
             self.tcp.resume_reading()
 
-    def _lose_inner(self, exc: BaseException | None) -> None:
-        if self.inner is not None and not self._inner_lost:
-            self._inner_lost = True
-            self.inner.connection_lost(exc if isinstance(exc, Exception) or exc is None else None)
+    def tcp_info(self, name: str, default: Any = None) -> Any:
+        return self.tcp.get_extra_info(name, default) if self.tcp is not None else default
+
+    # ---- output ----------------------------------------------------------------------------------
+
+    def send_control(self, message: sess.Message) -> None:
+        self._channel.send_control(sess.encode(message))
+        self.flush()
+
+    def flush(self) -> None:
+        out = self._channel.data_to_send()
+        if out and self.tcp is not None and not self.tcp.is_closing():
+            self._last_tx = self._loop.time()
+            self.tcp.write(out)
+
+    def carry(self, stream: SessionStream, peer_received: int) -> int:
+        """Carry ``stream`` from now on; returns the bytes the peer can no longer get."""
+        self.stream = stream
+        lost = stream.attach(self, peer_received)
+        self._start_keepalive()
+        return lost
+
+    def release(self) -> SessionStream | None:
+        """Give up the stream without ending the session (a newer connection resumes it)."""
+        stream, self.stream = self.stream, None
+        return stream
+
+    def abort(self) -> None:
+        self.closing = True
+        self._stop_keepalive()
+        if self.tcp is not None:
+            self.tcp.abort()
+
+    def fail(self, exc: BaseException) -> None:
+        reason = str(exc) if isinstance(exc, MeshserialError) else type(exc).__name__
+        _log_once.warning(self.peer.rsplit(":", 1)[0], f"closing connection: {reason}")
+        self.abort()
+
+    # ---- keepalive -------------------------------------------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        if self._keepalive > 0 and self._keepalive_timer is None:
+            self._keepalive_timer = self._loop.call_later(self._keepalive / 3, self._keepalive_tick)
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+
+    def _keepalive_tick(self) -> None:
+        self._keepalive_timer = None
+        if self.closing:
+            return
+        now = self._loop.time()
+        silent = now - self._last_rx
+        if silent > self._keepalive:
+            log.warning("%s: nothing heard for %.1f s; dropping the connection", self.peer, silent)
+            self.abort()
+            return
+        if now - self._last_tx >= self._keepalive / 3 or silent >= self._keepalive / 3:
+            self._channel.send_ping()
+            self.flush()
+        self._keepalive_timer = self._loop.call_later(self._keepalive / 3, self._keepalive_tick)
 
 
 # ---- server --------------------------------------------------------------------------------------
 
 
-class Authorizer(Protocol):
-    """The server's access policy (backed by ``authorized_clients`` and the invite store)."""
+class SessionHost(Protocol):
+    """The server's side of sessions: access policy and the live sessions."""
 
-    def rights(self, client_id: bytes, port: str) -> str | None:
-        """``"rw"``, ``"ro"`` or ``None`` (no access)."""
+    def hello(self, conn: ServerConnection, hello: sess.Hello) -> tuple[sess.Accept, SessionStream, int]:
+        """Authorize ``hello`` from ``conn.peer_id`` and find or start its session; return the
+        ``accept`` to send, the stream ``conn`` must carry and how much of it the client already has
+        (its ``rx`` when resuming, 0 for a new session). Raise :class:`Refused` with a reason for the
+        client."""
+
+    def redeem(self, conn: ServerConnection, redeem: sess.Redeem) -> str:
+        """Check an invite proof and authorize the client; return the rights granted, or raise Refused."""
 
     def label(self, client_id: bytes) -> str:
-        """A short human name for logs and for "in use by …"."""
-
-    def redeem(self, invite: str, proof: str, handshake_hash: bytes, client_id: bytes) -> str:
-        """Check an invite proof and authorize the client; return the rights granted, or raise Refused."""
+        """A short human name for logs."""
 
 
 class HandshakeLimiter:
@@ -277,21 +311,21 @@ class HandshakeLimiter:
 
 
 class ServerConnection(SecureConnection):
-    """The server end: handshake, authorization, then an RFC 2217 session on the chosen port."""
+    """The server end: handshake, authorization, then a session on the chosen port."""
 
     def __init__(
         self,
         identity: Identity,
         *,
-        authorizer: Authorizer,
-        open_session: Callable[[ServerConnection, sess.Hello, str], asyncio.Protocol],
+        host: SessionHost,
         limiter: HandshakeLimiter,
-        server_info: dict[str, Any] | None = None,
+        keepalive: float = DEFAULT_KEEPALIVE,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
-        super().__init__(identity, initiator=False, payload=server_info or {"v": sess.VERSION})
-        self._authorizer = authorizer
-        self._open_session = open_session
+        super().__init__(identity, initiator=False, payload={"v": sess.VERSION}, keepalive=keepalive)
+        self._host = host
         self._limiter = limiter
+        self._handshake_timeout = handshake_timeout
         self._ip = ""
         self._pending = False
         self._deadline: asyncio.TimerHandle | None = None
@@ -306,8 +340,7 @@ class ServerConnection(SecureConnection):
             self.abort()
             return
         self._pending = True
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        self._deadline = self._loop.call_later(self._handshake_timeout, self._on_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._settled()
@@ -321,49 +354,31 @@ class ServerConnection(SecureConnection):
             self._deadline.cancel()
             self._deadline = None
 
-    def _handshake_timeout(self) -> None:
+    def _on_deadline(self) -> None:
         self._deadline = None
         _log_once.warning(self._ip, "handshake not completed in time")
         self.abort()
 
-    def identified(self, peer_id: bytes, extra: dict[str, Any]) -> None:
-        log.debug("%s: client key proven", self.peer)
-
     def control(self, message: sess.Message) -> None:
-        if self.inner is not None:
-            if isinstance(message, sess.Ack):
-                return
+        if self.stream is not None:
             raise ProtocolError(f"unexpected {type(message).__name__} during a session")
-        assert self.peer_id is not None and self.handshake_hash is not None
-        client = self.peer_id
+        if self.peer_id is None or self.handshake_hash is None:
+            raise ProtocolError("control message before the handshake completed")
+        self._settled()
         match message:
             case sess.Hello():
-                self._settled()
-                rights = self._authorizer.rights(client, message.port)
-                if rights is None:
-                    # Same answer whether the port exists or not: the client learns nothing.
-                    self._deny(f"not authorized for port {message.port!r}")
-                    return
-                if message.mode == "rw" and rights != "rw":
-                    self._deny(f"read-only access to {message.port}: connect with --read-only")
-                    return
                 try:
-                    inner = self._open_session(self, message, self._authorizer.label(client))
+                    accept, stream, client_has = self._host.hello(self, message)
                 except Refused as exc:
                     self._deny(str(exc))
                     return
                 self.port_name = message.port
                 self.mode = message.mode
-                self.send_control(
-                    sess.Accept(port=message.port, mode=message.mode, session=secrets.token_hex(16))
-                )
-                self.attach(inner)
+                self.send_control(accept)  # before any DATA: the client starts its stream on it
+                self.carry(stream, client_has)
             case sess.Redeem():
-                self._settled()
                 try:
-                    granted = self._authorizer.redeem(
-                        message.invite, message.proof, self.handshake_hash, client
-                    )
+                    granted = self._host.redeem(self, message)
                 except Refused as exc:
                     self._deny(str(exc))
                     return
@@ -373,7 +388,7 @@ class ServerConnection(SecureConnection):
                 raise ProtocolError(f"unexpected {type(message).__name__} before hello")
 
     def _deny(self, reason: str) -> None:
-        log.info("%s (%s): denied: %s", self.peer, self._authorizer.label(self.peer_id or b""), reason)
+        log.info("%s (%s): denied: %s", self.peer, self._host.label(self.peer_id or b""), reason)
         self.send_control(sess.Deny(reason=reason))
         self.close()
 
@@ -381,25 +396,22 @@ class ServerConnection(SecureConnection):
 # ---- client --------------------------------------------------------------------------------------
 
 
-TrustCheck = Callable[[bytes], Awaitable[None]]
-
-
 class ClientConnection(SecureConnection):
-    """The client end: verify the server, then hello (or redeem) and wait for the answer."""
+    """The client end: verify the server, then send one request and wait for the answer."""
 
     def __init__(
         self,
         identity: Identity,
         *,
         request: sess.Hello | Callable[[bytes], sess.Message],
-        inner_factory: Callable[[], asyncio.Protocol] | None = None,
+        stream_for: Callable[[ClientConnection, sess.Accept], None] | None = None,
+        keepalive: float = DEFAULT_KEEPALIVE,
     ) -> None:
-        super().__init__(identity, initiator=True, payload={"v": sess.VERSION})
+        super().__init__(identity, initiator=True, payload={"v": sess.VERSION}, keepalive=keepalive)
         self._request = request
-        self._inner_factory = inner_factory
-        loop = asyncio.get_running_loop()
-        self.server_identified: asyncio.Future[bytes] = loop.create_future()
-        self.answer: asyncio.Future[sess.Accept | sess.Paired] = loop.create_future()
+        self._stream_for = stream_for
+        self.server_identified: asyncio.Future[bytes] = self._loop.create_future()
+        self.answer: asyncio.Future[sess.Accept | sess.Paired] = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -421,15 +433,14 @@ class ClientConnection(SecureConnection):
             # A request bound to this session (an invite proof) needs the handshake hash first.
             assert self.handshake_hash is not None
             message = self._request(self.handshake_hash)
-        self._channel.send_control(sess.encode(message))
-        self.flush()
+        self.send_control(message)
 
     def control(self, message: sess.Message) -> None:
         match message:
             case sess.Accept():
-                # Attach before returning: the server's first RFC 2217 bytes may follow in this very read.
-                if self._inner_factory is not None and self.inner is None:
-                    self.attach(self._inner_factory())
+                # Carry the stream before returning: the server's first bytes may follow in this read.
+                if self._stream_for is not None:
+                    self._stream_for(self, message)
                 if not self.answer.done():
                     self.answer.set_result(message)
             case sess.Paired():
@@ -437,8 +448,6 @@ class ClientConnection(SecureConnection):
                     self.answer.set_result(message)
             case sess.Deny(reason=reason):
                 _set_exception(self.answer, Refused(reason))
-            case sess.Ack():
-                pass
             case _:
                 raise ProtocolError(f"unexpected {type(message).__name__} from the server")
 

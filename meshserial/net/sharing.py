@@ -12,9 +12,11 @@ connection falls more than :data:`WATCHER_BACKLOG` behind is dropped.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +34,7 @@ from meshserial.proto.settings import FlowControl, ModemState, Parity, SerialSet
 log = logging.getLogger(__name__)
 
 WATCHER_BACKLOG = 4 * 1024 * 1024
+SCROLLBACK_BYTES = 64 * 1024
 
 
 class Mode(enum.Enum):
@@ -72,9 +75,15 @@ class Holder:
 class SharedPort:
     """A started :class:`Port` plus the sessions attached to it."""
 
-    def __init__(self, name: str, port: Port, *, compat_echo: bool = True) -> None:
+    def __init__(
+        self, name: str, port: Port, *, compat_echo: bool = True, scrollback: int = SCROLLBACK_BYTES
+    ) -> None:
         self.name = name
         self.port = port
+        # Recent device output with arrival times, replayed to clients that ask (use --scrollback).
+        self._scrollback: deque[tuple[float, bytes]] = deque()
+        self._scrollback_size = 0
+        self._scrollback_limit = scrollback
         # Echo a request the hardware cannot honour instead of the value really in use: pyserial
         # treats any other ack as fatal (see docs/protocol.md, part 1).
         self._compat_echo = compat_echo
@@ -85,6 +94,8 @@ class SharedPort:
         self._device_paused_by_holder = False
         self._online = True
         self._closed = False
+        #: Set when the underlying port is gone for good (with the exception, if any).
+        self.closed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -140,6 +151,22 @@ class SharedPort:
     def mode_of(self, session: Session) -> Mode | None:
         return self._sessions.get(session)
 
+    def recent_output(self, seconds: float) -> bytes:
+        """Device output of the last ``seconds`` still held in the scrollback."""
+        if seconds <= 0:
+            return b""
+        since = time.monotonic() - seconds
+        return b"".join(chunk for at, chunk in self._scrollback if at >= since)
+
+    def _remember(self, data: bytes) -> None:
+        if self._scrollback_limit <= 0:
+            return
+        self._scrollback.append((time.monotonic(), data))
+        self._scrollback_size += len(data)
+        while self._scrollback_size > self._scrollback_limit:
+            _, old = self._scrollback.popleft()
+            self._scrollback_size -= len(old)
+
     # ---- from sessions ---------------------------------------------------------------------------
 
     def write(self, session: Session, data: bytes) -> None:
@@ -150,11 +177,13 @@ class SharedPort:
         """``session``'s connection is backed up."""
         if session is self._holder and not self._device_paused_by_holder:
             self._device_paused_by_holder = True
+            log.debug("%s: holder backed up; pausing the device", self.name)
             self.port.pause_reading()
 
     def session_resume_writing(self, session: Session) -> None:
         if session is self._holder and self._device_paused_by_holder:
             self._device_paused_by_holder = False
+            log.debug("%s: holder drained; resuming the device", self.name)
             self.port.resume_reading()
 
     def request(self, session: Session, command: Command, value: int) -> int:
@@ -286,6 +315,7 @@ class SharedPort:
     # ---- PortListener: from the device --------------------------------------------------------------
 
     def port_data(self, data: bytes) -> None:
+        self._remember(data)
         for session, mode in list(self._sessions.items()):
             if mode is Mode.READ_ONLY and session.backlog() > WATCHER_BACKLOG:
                 self.detach(session)
@@ -316,6 +346,8 @@ class SharedPort:
 
     def port_closed(self, exc: BaseException | None) -> None:
         self._online = False
+        if not self.closed.done():
+            self.closed.set_result(exc)
         if exc is not None and not self._closed:
             log.error("%s: port closed: %s", self.name, exc)
         for session in list(self._sessions):

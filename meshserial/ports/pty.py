@@ -96,8 +96,13 @@ class PtyPort(Port):
         settings: SerialSettings = SerialSettings(),  # noqa: B008 - frozen dataclass
         mode: int = 0o660,
         group: str | None = None,
+        hold: int = 0,
     ) -> None:
+        """``hold``: keep up to this many bytes that arrive while no application has the port open,
+        and deliver them when one opens it (for replayed scrollback); 0 drops them like a UART."""
         self.name = str(link) if link is not None else "pty"
+        self._hold_limit = hold
+        self._held = bytearray()
         self.capabilities = CAPABILITIES
         self._link = link
         self._settings = settings
@@ -260,6 +265,9 @@ class PtyPort(Port):
             # bytes that arrive in between.
             self._to_open()
         if self._state is not PtyState.OPEN:
+            if self._hold_limit:
+                self._held += data
+                del self._held[: max(0, len(self._held) - self._hold_limit)]
             return  # nobody has the port open: a UART would drop it too
         if not self._buffer:
             try:
@@ -393,6 +401,9 @@ class PtyPort(Port):
     def _to_open(self) -> None:
         self._state = PtyState.OPEN
         log.info("%s: application opened the port", self.name)
+        if self._held:
+            held, self._held = bytes(self._held), bytearray()
+            self.write(held)
         if self._listener is not None:
             self._listener.port_event(PeerOpened())
         self._check_settings()

@@ -8,13 +8,16 @@ after the handshake; the server answers each request once:
 ====================  =========  ===============================================================
 ``hello``             C → S      ``v`` protocol version (1), ``port`` port name, ``mode`` ``rw``/``ro``,
                                  ``session`` (hex id to resume, or null), ``rx``/``tx`` stream offsets
-                                 acknowledged so far (0 for a new session), ``takeover`` (bool)
+                                 acknowledged so far (0 for a new session), ``takeover`` (bool),
+                                 ``scrollback`` seconds of recent device output to replay first
 ``redeem``            C → S      ``invite`` invite id (hex), ``proof`` (hex, see docs/security.md)
 ``accept``            S → C      ``port``, ``mode``, ``session`` (hex id), ``rx``/``tx`` offsets the server
-                                 resumes from, ``holder``: who holds the port if it is not us (or null)
+                                 resumes from, ``lost`` bytes the client can no longer get,
+                                 ``holder``: who holds the port if it is not us (or null)
 ``deny``              S → C      ``reason`` (one human line); the server closes after it
 ``paired``            S → C      ``ports`` (the rights granted by the invite)
 ``ack``               both       ``offset``: bytes of the peer's stream received so far
+``goaway``            S → C      ``reason``; the server is stopping and CLOSE follows: reconnect later
 ====================  =========  ===============================================================
 
 Offsets and session ids are the room left for resuming a session after a network drop: a later client
@@ -43,6 +46,7 @@ class Hello:
     rx: int = 0
     tx: int = 0
     takeover: bool = False
+    scrollback: float = 0.0
     v: int = VERSION
 
 
@@ -59,6 +63,7 @@ class Accept:
     session: str
     rx: int = 0
     tx: int = 0
+    lost: int = 0
     holder: str | None = None
 
 
@@ -77,7 +82,14 @@ class Ack:
     offset: int
 
 
-Message = Hello | Redeem | Accept | Deny | Paired | Ack
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GoAway:
+    """The server is going away (shutting down or restarting); the client should reconnect."""
+
+    reason: str
+
+
+Message = Hello | Redeem | Accept | Deny | Paired | Ack | GoAway
 
 _TYPES: dict[str, type[Message]] = {
     "hello": Hello,
@@ -86,6 +98,7 @@ _TYPES: dict[str, type[Message]] = {
     "deny": Deny,
     "paired": Paired,
     "ack": Ack,
+    "goaway": GoAway,
 }
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
@@ -135,6 +148,7 @@ def decode(data: bytes) -> Message:
                 rx=_offset(_field(obj, "rx", int, 0)),
                 tx=_offset(_field(obj, "tx", int, 0)),
                 takeover=_field(obj, "takeover", bool, False),
+                scrollback=_seconds(_field(obj, "scrollback", (int, float), 0.0)),
                 v=_field(obj, "v", int, VERSION),
             )
         case "redeem":
@@ -147,14 +161,23 @@ def decode(data: bytes) -> Message:
                 rx=_offset(_field(obj, "rx", int, 0)),
                 tx=_offset(_field(obj, "tx", int, 0)),
                 holder=_field(obj, "holder", (str, type(None)), None),
+                lost=_offset(_field(obj, "lost", int, 0)),
             )
         case "deny":
             msg = Deny(reason=_field(obj, "reason", str)[:300])
         case "paired":
             msg = Paired(ports=_field(obj, "ports", str))
+        case "goaway":
+            msg = GoAway(reason=_field(obj, "reason", str)[:300])
         case _:
             msg = Ack(offset=_offset(_field(obj, "offset", int)))
     return msg
+
+
+def _seconds(value: float) -> float:
+    if isinstance(value, bool) or not 0 <= value <= 86400:
+        raise ProtocolError("scrollback out of range")
+    return float(value)
 
 
 def _offset(value: int) -> int:

@@ -1,0 +1,1 @@
+"""Measurements of meshserial (run from the repository root: ``python -m benchmarks.NAME``)."""

@@ -1,0 +1,647 @@
+"""End-to-end latency, throughput, CPU and memory through PTYs: meshserial against socat and ser2net.
+
+Run from the repository root: ``python -m benchmarks.e2e [--iterations N] [--mib M] [--json FILE]``.
+
+Every configuration is measured the same way. A "device" PTY pair is held by the benchmark: the server
+under test opens its slave path as the serial device, the benchmark reads and writes its master. The
+"application" side is the client's PTY link, which the benchmark opens raw and non-blocking. All
+traffic stays on loopback. See ``benchmarks/README.md`` for what each number means. No assertions
+about performance: this is a measurement; it aborts only on errors (timeouts, corrupted data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks._procs import (
+    BenchError,
+    DevicePty,
+    Proc,
+    drain,
+    free_tcp_port,
+    read_exact,
+    tcp_listening,
+    wait_until,
+    write_all,
+)
+
+MB = 1_000_000  # throughput and CPU figures use decimal megabytes
+CHUNK = 65536
+START_TIMEOUT = 20.0  # a server or client must be ready within this
+STEP_TIMEOUT = 5.0  # one round trip
+PAYLOAD_SIZES = (1, 64)
+STDERR_LINES = 20
+PTS_LINE = r"^(/dev/pts/\d+)\s+\(link: "
+SOCAT = shutil.which("socat")
+SER2NET = shutil.which("ser2net") or ("/usr/sbin/ser2net" if os.path.exists("/usr/sbin/ser2net") else None)
+
+
+# ---- configurations ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Ctx:
+    """Per-configuration scratch state."""
+
+    device: DevicePty
+    port: int
+    tmp: Path
+    link: Path
+    server_env: dict[str, str]
+    client_env: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    key: str
+    server_label: str
+    client_label: str
+    missing: str | None  # why it cannot run here, or None
+    start_server: Callable[[Ctx], Proc]
+    client_argv: Callable[[Ctx], list[str]]
+    client_ready_line: str | None  # a stdout line announcing readiness, else wait for the link
+    notes: str
+
+
+def _meshserial(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshserial", *args]
+
+
+def _socat_server(ctx: Ctx) -> Proc:
+    assert SOCAT is not None
+    proc = Proc(
+        "socat server",
+        [
+            SOCAT,
+            f"TCP-LISTEN:{ctx.port},bind=127.0.0.1,reuseaddr,nodelay",
+            f"FILE:{ctx.device.path},raw,echo=0",
+        ],
+    )
+    wait_until("socat listening", lambda: tcp_listening(ctx.port), START_TIMEOUT, proc)
+    return proc
+
+
+def _socat_client(ctx: Ctx) -> list[str]:
+    assert SOCAT is not None
+    return [SOCAT, f"PTY,link={ctx.link},raw,echo=0", f"TCP:127.0.0.1:{ctx.port},nodelay"]
+
+
+def _ser2net_server(ctx: Ctx) -> Proc:
+    assert SER2NET is not None
+    config = ctx.tmp / "ser2net.yaml"
+    config.write_text(
+        "connection: &bench\n"
+        f"  accepter: telnet(rfc2217),tcp(nodelay=true),127.0.0.1,{ctx.port}\n"
+        f"  connector: serialdev,{ctx.device.path},9600n81,local,nobreak\n"
+        "  options:\n"
+        "    chardelay: false\n"
+        "    kickolduser: true\n"
+    )
+    proc = Proc("ser2net", [SER2NET, "-n", "-d", "-c", str(config)])
+    wait_until("ser2net listening", lambda: tcp_listening(ctx.port), START_TIMEOUT, proc)
+    return proc
+
+
+def _meshserial_rfc2217_client(ctx: Ctx) -> list[str]:
+    return _meshserial("use", f"rfc2217://127.0.0.1:{ctx.port}", "--pty", "--link", str(ctx.link))
+
+
+def _meshserial_plain_server(ctx: Ctx) -> Proc:
+    proc = Proc(
+        "meshserial share",
+        _meshserial("share", f"{ctx.device.path}=dev", "--rfc2217", f"127.0.0.1:{ctx.port}"),
+        env=ctx.server_env,
+    )
+    proc.wait_line(r"sharing dev on ", START_TIMEOUT)
+    return proc
+
+
+def _run_checked(argv: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(
+        argv, capture_output=True, text=True, env=env, timeout=60, check=False, stdin=subprocess.DEVNULL
+    )
+    if result.returncode != 0:
+        raise BenchError(f"{argv} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+def _meshserial_secure_server(ctx: Ctx) -> Proc:
+    _run_checked(_meshserial("keygen"), ctx.server_env)
+    client_id = _run_checked(_meshserial("keygen"), ctx.client_env).strip().splitlines()[-1]
+    _run_checked(_meshserial("authorize", client_id, "--name", "bench"), ctx.server_env)
+    proc = Proc(
+        "meshserial share",
+        _meshserial("share", f"{ctx.device.path}=dev", "--listen", f"127.0.0.1:{ctx.port}"),
+        env=ctx.server_env,
+    )
+    proc.wait_line(r"sharing dev on ", START_TIMEOUT)
+    return proc
+
+
+def _meshserial_secure_client(ctx: Ctx) -> list[str]:
+    return _meshserial("use", f"dev@127.0.0.1:{ctx.port}", "--pty", "--link", str(ctx.link), "--trust-new")
+
+
+def _configs() -> list[Config]:
+    no_socat = None if SOCAT else "socat is not installed (apt-get install socat)"
+    no_ser2net = None if SER2NET else "ser2net is not installed (apt-get install ser2net)"
+    return [
+        Config(
+            "socat+socat",
+            "socat",
+            "socat",
+            no_socat,
+            _socat_server,
+            _socat_client,
+            None,
+            "TCP-LISTEN:P,bind=127.0.0.1,reuseaddr,nodelay FILE:DEV,raw,echo=0 | "
+            "PTY,link=L,raw,echo=0 TCP:127.0.0.1:P,nodelay (no RFC 2217: raw bytes)",
+        ),
+        Config(
+            "ser2net+meshserial",
+            "ser2net",
+            "meshserial use",
+            no_ser2net,
+            _ser2net_server,
+            _meshserial_rfc2217_client,
+            PTS_LINE,
+            "ser2net: telnet(rfc2217),tcp(nodelay=true); options chardelay: false | "
+            "meshserial use rfc2217://… --pty",
+        ),
+        Config(
+            "meshserial plain",
+            "meshserial share",
+            "meshserial use",
+            None,
+            _meshserial_plain_server,
+            _meshserial_rfc2217_client,
+            PTS_LINE,
+            "share DEV=dev --rfc2217 127.0.0.1:P | use rfc2217://127.0.0.1:P --pty",
+        ),
+        Config(
+            "meshserial secure",
+            "meshserial share",
+            "meshserial use",
+            None,
+            _meshserial_secure_server,
+            _meshserial_secure_client,
+            PTS_LINE,
+            "share DEV=dev --listen 127.0.0.1:P | use dev@127.0.0.1:P --pty --trust-new "
+            "(Noise handshake, authorized key)",
+        ),
+    ]
+
+
+# ---- measurements ------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+class _Waiter:
+    """A poll object for one fd and one event kind, reused across round trips."""
+
+    def __init__(self, fd: int, event: int) -> None:
+        self.fd = fd
+        self._poll = select.poll()
+        self._poll.register(fd, event)
+
+    def read_exact(self, n: int, deadline: float) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            try:
+                chunk = os.read(self.fd, n - len(buf))
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BenchError(
+                        f"round trip: {len(buf)} of {n} bytes within {STEP_TIMEOUT:g} s"
+                    ) from None
+                self._poll.poll(max(1, int(left * 1000)))
+                continue
+            if not chunk:
+                raise BenchError(f"EOF after {len(buf)} of {n} bytes")
+            buf += chunk
+        return buf
+
+
+def round_trips(app: int, master: int, size: int, warmup: int, iterations: int) -> list[float]:
+    """Latencies in µs: app write -> device master has all -> written back -> app has all."""
+    payloads = [os.urandom(size) for _ in range(64)]
+    at_device = _Waiter(master, select.POLLIN)
+    at_app = _Waiter(app, select.POLLIN)
+    results: list[float] = []
+    for i in range(warmup + iterations):
+        payload = payloads[i % len(payloads)]
+        deadline = time.monotonic() + STEP_TIMEOUT
+        start = time.perf_counter_ns()
+        write_all(app, payload, STEP_TIMEOUT)
+        got = at_device.read_exact(size, deadline)
+        write_all(master, got, STEP_TIMEOUT)
+        back = at_app.read_exact(size, deadline)
+        end = time.perf_counter_ns()
+        if got != payload or back != payload:
+            raise BenchError(
+                f"round trip {i}: data corrupted ({payload.hex()} -> {got.hex()} -> {back.hex()})"
+            )
+        if i >= warmup:
+            results.append((end - start) / 1000)
+    return results
+
+
+def transfer(
+    sends: dict[int, bytes], receives: dict[int, int], timeout: float
+) -> tuple[float, dict[int, bytes]]:
+    """Write ``sends[fd]`` into each fd while reading ``receives[fd]`` bytes from each; returns the
+    elapsed seconds (first write to last byte read) and what each reader got."""
+    views = {fd: memoryview(data) for fd, data in sends.items()}
+    got = {fd: bytearray() for fd in receives}
+    poller = select.poll()
+    masks: dict[int, int] = {}
+
+    def update(fd: int) -> None:
+        mask = 0
+        if views.get(fd):
+            mask |= select.POLLOUT
+        if fd in got and len(got[fd]) < receives[fd]:
+            mask |= select.POLLIN
+        if mask != masks.get(fd):
+            if fd in masks:
+                poller.unregister(fd)
+            if mask:
+                poller.register(fd, mask)
+                masks[fd] = mask
+            else:
+                masks.pop(fd, None)
+
+    for fd in set(views) | set(got):
+        update(fd)
+    start = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    while masks:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            state = ", ".join(f"fd {fd}: {len(b)}/{receives[fd]} received" for fd, b in got.items())
+            raise BenchError(f"transfer incomplete after {timeout:g} s: {state}")
+        for fd, revents in poller.poll(max(1, int(left * 1000))):
+            if revents & select.POLLNVAL:
+                raise BenchError(f"fd {fd} is not open")
+            if fd in got and revents & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                try:
+                    chunk = os.read(fd, CHUNK)
+                except BlockingIOError:
+                    chunk = None
+                except OSError as exc:
+                    raise BenchError(f"read from fd {fd} failed: {exc}") from exc
+                if chunk == b"":
+                    raise BenchError(f"EOF on fd {fd} after {len(got[fd])} bytes")
+                if chunk:
+                    got[fd] += chunk
+            if fd in views and revents & select.POLLOUT and views[fd]:
+                try:
+                    views[fd] = views[fd][os.write(fd, views[fd][:CHUNK]) :]
+                except BlockingIOError:
+                    pass
+            update(fd)
+    return time.perf_counter() - start, {fd: bytes(b) for fd, b in got.items()}
+
+
+def _check(what: str, sent: bytes, received: bytes) -> None:
+    if len(received) != len(sent) or hashlib.sha256(received).digest() != hashlib.sha256(sent).digest():
+        first = next((i for i, (a, b) in enumerate(zip(sent, received, strict=False)) if a != b), None)
+        raise BenchError(
+            f"{what}: DATA CORRUPTED: sent {len(sent)} bytes, received {len(received)}, first difference at "
+            f"{first}"
+        )
+
+
+@dataclass(slots=True)
+class Result:
+    setup_link_ms: float = 0.0
+    setup_usable_ms: float = 0.0
+    latency_us: dict[str, dict[str, float]] = field(default_factory=dict)
+    throughput_MBps: dict[str, float] = field(default_factory=dict)
+    mb_moved: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_s_per_MB: dict[str, float] = field(default_factory=dict)
+    rss_kib: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    stderr: dict[str, list[str]] = field(default_factory=dict)  # what the processes said (last lines)
+    notes: str = ""
+
+
+def _open_link(link: Path, deadline: float) -> int:
+    while True:
+        try:
+            fd = os.open(link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
+            continue
+        tty.setraw(fd)
+        return fd
+
+
+def _first_round_trip(app: int, master: int, deadline: float) -> None:
+    """One byte app -> device, then one byte device -> app (resent every 20 ms: a virtual port may
+    drop data that arrives before it noticed the application)."""
+    write_all(app, b"\x01", STEP_TIMEOUT)
+    if read_exact(master, 1, STEP_TIMEOUT) != b"\x01":
+        raise BenchError("set-up probe corrupted on the way to the device")
+    waiter = select.poll()
+    waiter.register(app, select.POLLIN)
+    while time.monotonic() < deadline:
+        write_all(master, b"\x02", STEP_TIMEOUT)
+        if waiter.poll(20):
+            return
+    raise BenchError("set-up probe never reached the application")
+
+
+@contextlib.contextmanager
+def _running(config: Config, tmp: Path) -> Iterator[tuple[int, int, Proc, Proc, Result]]:
+    """Start the server, then the client (timed), open the app side; stop everything on exit."""
+    device = DevicePty()
+    procs: list[Proc] = []
+    result: Result | None = None
+    try:
+        server_home, client_home = tmp / "server-home", tmp / "client-home"
+        for home in (server_home, client_home):
+            home.mkdir(mode=0o700)
+        base = dict(os.environ, PYTHONUNBUFFERED="1")
+        ctx = Ctx(
+            device=device,
+            port=free_tcp_port(),
+            tmp=tmp,
+            link=tmp / "ttyAPP",
+            server_env=dict(base, MESHSERIAL_HOME=str(server_home)),
+            client_env=dict(base, MESHSERIAL_HOME=str(client_home)),
+        )
+        server = config.start_server(ctx)
+        procs.append(server)
+        result = Result(notes=config.notes)
+        started = time.perf_counter()
+        client = Proc(config.client_label, config.client_argv(ctx), env=ctx.client_env)
+        procs.append(client)
+        if config.client_ready_line is not None:
+            client.wait_line(config.client_ready_line, START_TIMEOUT)
+        wait_until("client link", ctx.link.exists, START_TIMEOUT, client)
+        result.setup_link_ms = (time.perf_counter() - started) * 1000
+        deadline = time.monotonic() + START_TIMEOUT
+        app = _open_link(ctx.link, deadline)
+        try:
+            _first_round_trip(app, device.master, deadline)
+            result.setup_usable_ms = (time.perf_counter() - started) * 1000
+            drain(app, settle=0.1)
+            drain(device.master, settle=0.1)
+            result.pids = {"server": server.pid, "client": client.pid}
+            yield app, device.master, server, client, result
+            # Still alive? (a crash mid-run would show as an error above, but say so plainly)
+            for proc in (server, client):
+                if proc.poll() is not None:
+                    raise BenchError(f"{proc.label} exited during the run\n{proc.output()}")
+        finally:
+            os.close(app)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+            if result is not None:
+                role = "server" if proc is procs[0] else "client"
+                result.stderr[role] = proc.stderr_lines()[-STDERR_LINES:]
+        device.close()
+
+
+def measure(config: Config, args: argparse.Namespace) -> Result:
+    with (
+        tempfile.TemporaryDirectory(prefix="meshserial-bench-") as tmpdir,
+        _running(config, Path(tmpdir)) as (app, master, server, client, result),
+    ):
+        _measure_open(app, master, server, client, result, args=args)
+        return result
+
+
+def _measure_open(
+    app: int, master: int, server: Proc, client: Proc, result: Result, *, args: argparse.Namespace
+) -> None:
+    for size in PAYLOAD_SIZES:
+        lat = round_trips(app, master, size, args.warmup, args.iterations)
+        result.latency_us[f"{size}B"] = {
+            "median": statistics.median(lat),
+            "p99": percentile(lat, 0.99),
+            "min": min(lat),
+            "n": len(lat),
+        }
+    size = args.mib * 1024 * 1024
+    to_dev, to_app = os.urandom(size), os.urandom(size)
+    cpu0 = {"server": server.cpu_seconds(), "client": client.cpu_seconds()}
+    elapsed, got = transfer({app: to_dev}, {master: size}, args.timeout)
+    _check("app -> device", to_dev, got[master])
+    result.throughput_MBps["app_to_dev"] = size / elapsed / MB
+    elapsed, got = transfer({master: to_app}, {app: size}, args.timeout)
+    _check("device -> app", to_app, got[app])
+    result.throughput_MBps["dev_to_app"] = size / elapsed / MB
+    elapsed, got = transfer({app: to_dev, master: to_app}, {master: size, app: size}, args.timeout)
+    _check("bidirectional, app -> device", to_dev, got[master])
+    _check("bidirectional, device -> app", to_app, got[app])
+    result.throughput_MBps["bidir_sum"] = 2 * size / elapsed / MB
+    result.mb_moved = 4 * size / MB
+    for role, proc in (("server", server), ("client", client)):
+        result.cpu_s[role] = proc.cpu_seconds() - cpu0[role]
+        result.cpu_s_per_MB[role] = result.cpu_s[role] / result.mb_moved
+        result.rss_kib[role] = proc.rss_kib()
+
+
+# ---- report -----------------------------------------------------------------------------------------
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return next((line for line in text if "version" in line.lower()), text[0] if text else "?").strip()
+
+
+ROWS: list[tuple[str, Callable[[Result], float], str]] = [
+    ("set-up: client start -> link appears (ms)", lambda r: r.setup_link_ms, "{:.0f}"),
+    ("set-up: client start -> first round trip (ms)", lambda r: r.setup_usable_ms, "{:.0f}"),
+    ("round trip 1 B, median (µs)", lambda r: r.latency_us["1B"]["median"], "{:.0f}"),
+    ("round trip 1 B, p99 (µs)", lambda r: r.latency_us["1B"]["p99"], "{:.0f}"),
+    ("round trip 64 B, median (µs)", lambda r: r.latency_us["64B"]["median"], "{:.0f}"),
+    ("round trip 64 B, p99 (µs)", lambda r: r.latency_us["64B"]["p99"], "{:.0f}"),
+    ("throughput app -> device (MB/s)", lambda r: r.throughput_MBps["app_to_dev"], "{:.1f}"),
+    ("throughput device -> app (MB/s)", lambda r: r.throughput_MBps["dev_to_app"], "{:.1f}"),
+    ("throughput both ways at once, sum (MB/s)", lambda r: r.throughput_MBps["bidir_sum"], "{:.1f}"),
+    ("server CPU per MB moved (ms/MB)", lambda r: r.cpu_s_per_MB["server"] * 1000, "{:.1f}"),
+    ("client CPU per MB moved (ms/MB)", lambda r: r.cpu_s_per_MB["client"] * 1000, "{:.1f}"),
+    ("server RSS after transfers (MiB)", lambda r: r.rss_kib["server"] / 1024, "{:.1f}"),
+    ("client RSS after transfers (MiB)", lambda r: r.rss_kib["client"] / 1024, "{:.1f}"),
+]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def ratios(results: dict[str, Result]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+
+    def compare(a: Result, b: Result) -> dict[str, float]:
+        return {
+            "latency_1B_median_ratio": a.latency_us["1B"]["median"] / b.latency_us["1B"]["median"],
+            "latency_64B_median_ratio": a.latency_us["64B"]["median"] / b.latency_us["64B"]["median"],
+            **{
+                f"throughput_{k}_ratio": a.throughput_MBps[k] / b.throughput_MBps[k]
+                for k in a.throughput_MBps
+            },
+        }
+
+    base = results.get("socat+socat")
+    if base is not None:
+        for key, result in results.items():
+            if key != "socat+socat":
+                out[f"{key} vs socat+socat"] = compare(result, base)
+    if "meshserial secure" in results and "meshserial plain" in results:
+        out["meshserial secure vs plain"] = compare(results["meshserial secure"], results["meshserial plain"])
+    return out
+
+
+def report(results: dict[str, Result], skipped: dict[str, str]) -> str:
+    keys = list(results)
+    parts = [
+        _table(
+            ["", *keys], [[label, *(fmt.format(get(results[k])) for k in keys)] for label, get, fmt in ROWS]
+        )
+    ]
+    for key, reason in skipped.items():
+        parts.append(f"skipped {key}: {reason}")
+    said = [
+        f"  {key} {role}: {line}"
+        for key, result in results.items()
+        for role, lines in result.stderr.items()
+        for line in lines
+    ]
+    if said:
+        parts.append("stderr of the processes under test (last lines):\n" + "\n".join(said))
+    table = ratios(results)
+    if table:
+        header = ["ratio", "RTT 1 B", "RTT 64 B", "app->dev", "dev->app", "both ways"]
+        rows = []
+        for name, r in table.items():
+            rows.append(
+                [
+                    name,
+                    f"{r['latency_1B_median_ratio']:.2f}x",
+                    f"{r['latency_64B_median_ratio']:.2f}x",
+                    *(
+                        f"{r[f'throughput_{k}_ratio'] * 100:.0f}%"
+                        for k in ("app_to_dev", "dev_to_app", "bidir_sum")
+                    ),
+                ]
+            )
+        parts.append(
+            "Ratios: latency = median / reference median (lower is better); "
+            "throughput = config / reference (higher is better)\n" + _table(header, rows)
+        )
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=1000, help="measured round trips per size (1000)")
+    parser.add_argument("--warmup", type=int, default=50, help="unmeasured round trips first (50)")
+    parser.add_argument("--mib", type=int, default=8, help="MiB per direction per transfer (8)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per transfer (120)")
+    parser.add_argument("--only", action="append", metavar="CONFIG", help="run only this configuration")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write all numbers as JSON")
+    args = parser.parse_args(argv)
+    if args.iterations < 1 or args.warmup < 0 or args.mib < 1 or args.timeout <= 0:
+        parser.error("--iterations and --mib must be positive, --warmup not negative")
+
+    versions = {
+        "python": platform.python_version(),
+        "socat": _version([SOCAT, "-V"]) if SOCAT else "not installed",
+        "ser2net": _version([SER2NET, "-v"]) if SER2NET else "not installed",
+    }
+    print(f"CPUs: {os.cpu_count()}   Python {versions['python']}   {platform.platform()}")
+    print(f"{versions['socat']}; {versions['ser2net']}")
+    print(
+        f"round trips: {args.warmup} warm-up + {args.iterations} measured per size; transfers: "
+        f"{args.mib} MiB per direction; MB = 10^6 bytes; set-up includes interpreter start-up"
+    )
+    configs = [c for c in _configs() if not args.only or c.key in args.only]
+    results: dict[str, Result] = {}
+    skipped: dict[str, str] = {}
+    for config in configs:
+        if config.missing is not None:
+            skipped[config.key] = config.missing
+            print(f"\n{config.key}: skipped: {config.missing}", flush=True)
+            continue
+        print(f"\n{config.key}: {config.notes}", flush=True)
+        started = time.monotonic()
+        results[config.key] = measure(config, args)
+        print(f"  done in {time.monotonic() - started:.1f} s", flush=True)
+    print()
+    print(report(results, skipped))
+    if args.json is not None:
+        document: dict[str, Any] = {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "versions": versions,
+            "parameters": {
+                "iterations": args.iterations,
+                "warmup": args.warmup,
+                "mib_per_direction": args.mib,
+                "payload_sizes": list(PAYLOAD_SIZES),
+                "units": "latency in µs; throughput in MB/s with MB = 10^6 bytes; CPU in s per MB moved",
+            },
+            "results": {key: _as_dict(result) for key, result in results.items()},
+            "skipped": skipped,
+            "ratios": ratios(results),
+        }
+        args.json.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _as_dict(result: Result) -> dict[str, Any]:
+    return {name: getattr(result, name) for name in Result.__slots__}  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

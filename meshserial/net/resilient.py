@@ -1,0 +1,276 @@
+"""The client side of a session that survives network failures.
+
+``ResilientClient`` owns the session: it connects, and when the connection dies (a reset, a dead path
+noticed by the keepalive, a server restart) it reconnects by itself with jittered exponential backoff,
+and resumes the same session from the acknowledged offsets (:mod:`meshserial.net.stream`). The local
+application keeps its port throughout: it talks to a :class:`SessionPort`, which stays the same object
+even when the server had to start a new session (it then re-applies the line settings and says how
+many bytes may have been lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from meshserial.errors import AuthError, ConnectionLost, MeshserialError, ProtocolError, UsageError
+from meshserial.net.rfc2217_client import RemotePort
+from meshserial.net.secure import ClientConnection
+from meshserial.net.stream import SessionStream
+from meshserial.ports.base import Capabilities, Port, PortEvent, PortListener
+from meshserial.proto import session as sess
+from meshserial.proto.settings import ModemState, SerialSettings
+
+log = logging.getLogger(__name__)
+
+StreamFor = Callable[[ClientConnection, sess.Accept], None]
+Connector = Callable[[sess.Hello, StreamFor], Awaitable[tuple[ClientConnection, sess.Accept]]]
+
+FIRST_BACKOFF = 0.1
+MAX_BACKOFF = 1.0
+ACTIVE_TIMEOUT = 10.0
+
+
+class SessionPort(Port):
+    """What the local side sees: one remote port, whatever session currently carries it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.capabilities = Capabilities()
+        self._remote: RemotePort | None = None
+        self._listener: PortListener | None = None
+        self._wanted: SerialSettings | None = None
+        self._lines: dict[str, bool] = {}
+        self._reading_paused = False
+
+    @property
+    def remote(self) -> RemotePort:
+        assert self._remote is not None
+        return self._remote
+
+    def use(self, remote: RemotePort, *, reapply: bool) -> None:
+        """Switch to ``remote`` (a new session); re-send the settings and lines the application chose."""
+        self._remote = remote
+        if self._listener is not None:
+            # Until the local side starts, the remote port keeps what arrives (early data).
+            remote.bind(_Relay(self, remote))
+        if self._reading_paused:
+            remote.pause_reading()
+        if reapply:
+            if self._wanted is not None:
+                remote.configure(self._wanted)
+            if self._lines:
+                remote.set_control(dtr=self._lines.get("dtr"), rts=self._lines.get("rts"))
+
+    # ---- Port ------------------------------------------------------------------------------------
+
+    async def start(self, listener: PortListener) -> None:
+        self._listener = listener
+        if self._remote is not None:
+            self.use(self._remote, reapply=False)
+
+    def write(self, data: bytes) -> None:
+        self.remote.write(data)
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+        self.remote.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+        self.remote.resume_reading()
+
+    def write_buffer_size(self) -> int:
+        return self.remote.write_buffer_size()
+
+    @property
+    def settings(self) -> SerialSettings:
+        return self.remote.settings
+
+    def configure(self, settings: SerialSettings) -> SerialSettings:
+        self._wanted = settings
+        return self.remote.configure(settings)
+
+    def set_control(
+        self, *, dtr: bool | None = None, rts: bool | None = None, break_: bool | None = None
+    ) -> None:
+        if dtr is not None:
+            self._lines["dtr"] = dtr
+        if rts is not None:
+            self._lines["rts"] = rts
+        self.remote.set_control(dtr=dtr, rts=rts, break_=break_)
+
+    @property
+    def control(self) -> tuple[bool, bool, bool]:
+        return self.remote.control
+
+    def modem_state(self) -> ModemState | None:
+        return self.remote.modem_state()
+
+    def purge(self, *, rx: bool, tx: bool) -> None:
+        self.remote.purge(rx=rx, tx=tx)
+
+    async def aclose(self) -> None:
+        if self._remote is not None:
+            await self._remote.aclose()
+
+
+class _Relay:
+    """Forwards one RemotePort's callbacks to the SessionPort's listener while it is the current one."""
+
+    def __init__(self, owner: SessionPort, remote: RemotePort) -> None:
+        self._owner = owner
+        self._remote = remote
+
+    def _current(self) -> PortListener | None:
+        return self._owner._listener if self._owner._remote is self._remote else None
+
+    def port_data(self, data: bytes) -> None:
+        if (listener := self._current()) is not None:
+            listener.port_data(data)
+
+    def port_event(self, event: PortEvent) -> None:
+        if (listener := self._current()) is not None:
+            listener.port_event(event)
+
+    def port_pause_writing(self) -> None:
+        if (listener := self._current()) is not None:
+            listener.port_pause_writing()
+
+    def port_resume_writing(self) -> None:
+        if (listener := self._current()) is not None:
+            listener.port_resume_writing()
+
+    def port_closed(self, exc: BaseException | None) -> None:
+        if (listener := self._current()) is not None:
+            listener.port_closed(exc)
+
+
+class ResilientClient:
+    """Connects, keeps the session alive across failures, and reports what happens on ``status``."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        hello: sess.Hello,
+        connector: Connector,
+        status: Callable[[str], None],
+        reconnect: bool = True,
+        max_backoff: float = MAX_BACKOFF,
+    ) -> None:
+        self.port = SessionPort(name)
+        self._name = name
+        self._hello = hello
+        self._connector = connector
+        self._status = status
+        self._reconnect = reconnect
+        self._max_backoff = max_backoff
+        self._stream: SessionStream | None = None
+        self._session: str | None = None
+        self._conn: ClientConnection | None = None
+        self._wake = asyncio.Event()
+        self._lost_at = 0.0
+        self._closing = False
+        self._report: str | None = None
+
+    async def open(self) -> None:
+        """First connection; errors go to the caller (nothing to resume yet)."""
+        self._conn, _ = await self._connector(self._hello, self._stream_for)
+        await self._wait_active()
+
+    async def _wait_active(self) -> None:
+        remote = self.port.remote
+        try:
+            async with asyncio.timeout(ACTIVE_TIMEOUT):
+                await remote.active
+        except TimeoutError:
+            raise ProtocolError(f"{self._name}: no RFC 2217 session inside the channel") from None
+
+    def _stream_for(self, conn: ClientConnection, accept: sess.Accept) -> None:
+        """Called inside the connection's handling of ``accept``: carry (or replace) the stream."""
+        stream = self._stream
+        if stream is not None and accept.session == self._session and not stream.ended:
+            unsent = conn.carry(stream, accept.rx)
+            lost = accept.lost + unsent
+            self._report = "resumed after {elapsed:.1f} s" + (
+                f"; {lost} bytes could not be recovered" if lost else ""
+            )
+            return
+        remote = RemotePort(name=self._name)
+        new = SessionStream(remote, on_detached=self._detached)
+        self._stream, self._session = new, accept.session
+        # Switch the local side to the new session first, so the old one's end goes nowhere.
+        self.port.use(remote, reapply=stream is not None)
+        if stream is not None:
+            # The server no longer knows our session (it restarted, or we were away too long).
+            doubt = stream.replay.size
+            stream.ended_by_peer(None)
+            self._report = (
+                "new session after {elapsed:.1f} s; the old one was gone: "
+                f"up to {doubt} bytes sent and device output during the outage may be lost"
+            )
+        conn.carry(new, 0)
+
+    def _detached(self, stream: SessionStream, exc: BaseException | None) -> None:
+        if stream is not self._stream or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        self._lost_at = loop.time()
+        if not self._reconnect:
+            stream.ended_by_peer(ConnectionLost(f"connection to {self._name} lost: {exc}"))
+            return
+        self._status(f"connection lost ({exc}); reconnecting…")
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Reconnect whenever the connection is lost, until :meth:`aclose`."""
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            await self._reconnect_loop()
+
+    async def _reconnect_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = FIRST_BACKOFF
+        attempt = 0
+        while not self._closing:
+            attempt += 1
+            stream = self._stream
+            assert stream is not None
+            hello = sess.Hello(
+                port=self._hello.port,
+                mode=self._hello.mode,
+                session=self._session,
+                rx=stream.counter.received,
+                tx=stream.replay.sent,
+            )
+            try:
+                self._conn, _ = await self._connector(hello, self._stream_for)
+                await self._wait_active()
+            except (AuthError, UsageError) as exc:
+                # Not a network problem: trying again would not help (revoked, port taken, key changed).
+                self._status(f"cannot resume: {exc}")
+                if self._stream is not None:
+                    self._stream.ended_by_peer(exc)
+                return
+            except MeshserialError as exc:
+                log.info("reconnect attempt %d failed: %s", attempt, exc)
+                await asyncio.sleep(delay * random.uniform(0.75, 1.25))
+                delay = min(delay * 2, self._max_backoff)
+                continue
+            elapsed = loop.time() - self._lost_at
+            self._status((self._report or "reconnected after {elapsed:.1f} s").format(elapsed=elapsed))
+            self._report = None
+            return
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._stream is not None:
+            self._stream.end()
+        await self.port.aclose()

@@ -1,0 +1,250 @@
+"""Sessions survive failures: killed connections, server restarts, devices that come and go.
+
+Loopback only; the multi-host variants (link cuts, delay and loss) are in tests/faults/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    DevicePty,
+    Proc,
+    free_tcp_port,
+    meshserial,
+    read_exact,
+    run_meshserial,
+    wait_for,
+    write_all,
+)
+
+pytestmark = pytest.mark.system
+
+
+def _home(tmp_path: Path, name: str) -> dict[str, str]:
+    home = tmp_path / name
+    home.mkdir(mode=0o700)
+    env = dict(os.environ)
+    env["MESHSERIAL_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _ok(*args: str, env: dict[str, str]) -> str:
+    result = run_meshserial(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+class Pump:
+    """Moves two blobs through two non-blocking fds in a thread, counting progress."""
+
+    def __init__(self, fd_a: int, fd_b: int, a_to_b: bytes, b_to_a: bytes) -> None:
+        self.result: tuple[bytes, bytes] | None = None
+        self.error: BaseException | None = None
+        self.progress = 0
+        self._args = (fd_a, fd_b, a_to_b, b_to_a)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+
+        fd_a, fd_b, a_to_b, b_to_a = self._args
+        out = {fd_a: memoryview(a_to_b), fd_b: memoryview(b_to_a)}
+        want = {fd_b: len(a_to_b), fd_a: len(b_to_a)}
+        got: dict[int, bytearray] = {fd_a: bytearray(), fd_b: bytearray()}
+        self.got = got
+        self.out = out
+        deadline = time.monotonic() + 120
+        try:
+            while any(out[fd] for fd in out) or any(len(got[fd]) < want[fd] for fd in got):
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"incomplete: {len(got[fd_b])}/{want[fd_b]}, {len(got[fd_a])}/{want[fd_a]}"
+                    )
+                readers = [fd for fd in got if len(got[fd]) < want[fd]]
+                writers = [fd for fd in out if out[fd]]
+                r, w, _ = select.select(readers, writers, [], 0.5)
+                for fd in r:
+                    try:
+                        got[fd] += os.read(fd, 65536)
+                    except BlockingIOError:
+                        pass
+                for fd in w:
+                    try:
+                        n = os.write(fd, out[fd][:4096])
+                    except BlockingIOError:
+                        continue
+                    out[fd] = out[fd][n:]
+                self.progress = len(got[fd_a]) + len(got[fd_b])
+            self.result = (bytes(got[fd_b]), bytes(got[fd_a]))
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    def join(self, timeout: float = 150) -> tuple[bytes, bytes]:
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None, "transfer thread did not finish"
+        return self.result
+
+
+@pytest.fixture
+def pair(tmp_path: Path, device: DevicePty) -> Iterator[tuple[dict[str, str], dict[str, str], int]]:
+    server_env = _home(tmp_path, "server")
+    client_env = _home(tmp_path, "client")
+    _ok("keygen", env=server_env)
+    _ok("authorize", _ok("keygen", env=client_env), env=server_env)
+    yield server_env, client_env, free_tcp_port()
+
+
+def _share(env: dict[str, str], device: DevicePty, port: int) -> Proc:
+    proc = meshserial("share", f"{device.path}=gps", "--listen", f"127.0.0.1:{port}", "-v", env=env)
+    proc.wait_line(r"sharing gps on")
+    return proc
+
+
+def _open_app(link: Path) -> int:
+    import termios
+    import tty
+
+    fd = os.open(link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    # TCSANOW: a flush (TCSAFLUSH) would be forwarded as a purge and race with the data that follows.
+    tty.setraw(fd, termios.TCSANOW)
+    return fd
+
+
+ss = shutil.which("ss")
+
+
+@pytest.mark.skipif(ss is None or os.geteuid() != 0, reason="needs root and ss (iproute2) to kill sockets")
+def test_killed_connection_mid_transfer_loses_nothing(
+    pair: tuple[dict[str, str], dict[str, str], int], device: DevicePty, tmp_path: Path
+) -> None:
+    server_env, client_env, port = pair
+    server = _share(server_env, device, port)
+    link = tmp_path / "ttyR"
+    client = meshserial(
+        "use", f"gps@127.0.0.1:{port}", "--pty", "--link", str(link), "--trust-new", "-v", env=client_env
+    )
+    try:
+        client.wait_line(r"/dev/pts/\d+")
+        fd = _open_app(link)
+        try:
+            up = random.Random(1).randbytes(2 << 20)
+            down = random.Random(2).randbytes(2 << 20)
+            pump = Pump(fd, device.master, up, down)
+            wait_for(lambda: pump.progress > len(up) // 2 or pump.error is not None, timeout=60)
+            killed = subprocess.run(
+                [ss, "-K", "dst", "127.0.0.1", "dport", "=", str(port)],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            assert killed.returncode == 0, killed.stderr
+            to_device, to_app = pump.join()
+            assert hashlib.sha256(to_device).digest() == hashlib.sha256(up).digest()
+            assert hashlib.sha256(to_app).digest() == hashlib.sha256(down).digest()
+            # The application's port was never closed: it still works.
+            write_all(fd, b"after")
+            assert read_exact(device.master, 5) == b"after"
+        finally:
+            os.close(fd)
+        assert "resumed after" in client.stderr, client.stderr
+    finally:
+        code = client.stop()
+        server.stop()
+        assert code == 0, client.stderr
+
+
+def test_server_restart_new_session_flows_again(
+    pair: tuple[dict[str, str], dict[str, str], int], device: DevicePty, tmp_path: Path
+) -> None:
+    server_env, client_env, port = pair
+    server = _share(server_env, device, port)
+    link = tmp_path / "ttyR"
+    client = meshserial(
+        "use",
+        f"gps@127.0.0.1:{port}",
+        "--pty",
+        "--link",
+        str(link),
+        "--trust-new",
+        "--baud",
+        "57600",
+        env=client_env,
+    )
+    try:
+        client.wait_line(r"/dev/pts/\d+")
+        fd = _open_app(link)
+        try:
+            write_all(fd, b"one")
+            assert read_exact(device.master, 3) == b"one"
+            server.stop()
+            server = _share(server_env, device, port)
+            # Back within 2 s of the server's return (the client's backoff is capped at 1 s), with the
+            # settings re-applied to the new session.
+            client.wait_line(r"new session after", timeout=2.0, stderr=True)
+            write_all(fd, b"two")
+            assert read_exact(device.master, 3, timeout=10) == b"two"
+            wait_for(lambda: device.baudrate() == 57600)
+            write_all(device.master, b"back")
+            assert read_exact(fd, 4) == b"back"
+        finally:
+            os.close(fd)
+    finally:
+        code = client.stop()
+        server.stop()
+        assert code == 0, client.stderr
+
+
+def test_scrollback_is_replayed_on_attach(
+    pair: tuple[dict[str, str], dict[str, str], int], device: DevicePty, tmp_path: Path
+) -> None:
+    server_env, client_env, port = pair
+    server = _share(server_env, device, port)
+    try:
+        # A watcher-less port still keeps recent output.
+        first = meshserial(
+            "use",
+            f"gps@127.0.0.1:{port}",
+            "--pty",
+            "--link",
+            str(tmp_path / "t1"),
+            "--trust-new",
+            env=client_env,
+        )
+        first.wait_line(r"/dev/pts/\d+")
+        write_all(device.master, b"$GPGGA,old*00\r\n")
+        first.stop()
+        client = meshserial(
+            "use",
+            f"gps@127.0.0.1:{port}",
+            "--pty",
+            "--link",
+            str(tmp_path / "t2"),
+            "--scrollback",
+            "30s",
+            env=client_env,
+        )
+        client.wait_line(r"/dev/pts/\d+")
+        fd = _open_app(tmp_path / "t2")
+        try:
+            assert b"$GPGGA,old*00" in read_exact(fd, 15)
+        finally:
+            os.close(fd)
+            client.stop()
+    finally:
+        server.stop()

@@ -18,7 +18,7 @@ import logging
 
 from meshserial.errors import ConnectionLost, PortClosed, ProtocolError
 from meshserial.net.logonce import LogOnce
-from meshserial.net.tcp import connect, format_hostport, tune_socket
+from meshserial.net.tcp import ReceiveBuffer, connect, format_hostport, tune_socket
 from meshserial.ports.base import Capabilities, ModemStateChanged, Port, PortListener, SettingsChanged
 from meshserial.proto import rfc2217
 from meshserial.proto.rfc2217 import Command, Control, Purge
@@ -35,7 +35,7 @@ _FLOW_CONTROL = {
 _CONTROL_FLOW = {int(v): k for k, v in _FLOW_CONTROL.items()}
 
 
-class RemotePort(Port, asyncio.Protocol):
+class RemotePort(Port, ReceiveBuffer):
     """The client end of an RFC 2217 connection."""
 
     def __init__(self, *, name: str, reply_timeout: float = 3.0, send_flow_suspend: bool = False) -> None:

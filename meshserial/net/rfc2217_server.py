@@ -15,7 +15,7 @@ from collections.abc import Callable
 from meshserial.errors import ProtocolError, Refused
 from meshserial.net.logonce import LogOnce
 from meshserial.net.sharing import Mode, SharedPort
-from meshserial.net.tcp import tune_socket
+from meshserial.net.tcp import ReceiveBuffer, tune_socket
 from meshserial.ports.base import ModemStateChanged, PeerClosed, PeerOpened, PortEvent
 from meshserial.proto import rfc2217
 from meshserial.proto.settings import ModemState
@@ -35,7 +35,7 @@ def peer_label(transport: asyncio.BaseTransport) -> str:
     return str(peer) if peer else "peer"
 
 
-class Rfc2217ServerSession(asyncio.Protocol):
+class Rfc2217ServerSession(ReceiveBuffer):
     """One client connection speaking RFC 2217 to a shared port."""
 
     def __init__(
@@ -123,6 +123,8 @@ class Rfc2217ServerSession(asyncio.Protocol):
                         shared.port.set_control(break_=False)
                 case rfc2217.Notice(reason=reason):
                     _log_once.warning(self._peer, reason)
+                case rfc2217.ComPortActive():
+                    log.debug("%s: COM-PORT-OPTION agreed", self._peer)
                 case _:
                     pass
         self._flush()

@@ -28,7 +28,7 @@ from meshserial.errors import ConnectionLost, HandshakeError, MeshserialError, P
 from meshserial.keys import Identity, verify_handshake_payload
 from meshserial.net.logonce import LogOnce
 from meshserial.net.stream import SessionStream
-from meshserial.net.tcp import tune_socket
+from meshserial.net.tcp import ReceiveBuffer, tune_socket
 from meshserial.proto import channel as ch
 from meshserial.proto import session as sess
 
@@ -41,7 +41,7 @@ MAX_PENDING_PER_IP = 16
 MAX_PENDING_TOTAL = 256
 
 
-class SecureConnection(asyncio.Protocol):
+class SecureConnection(ReceiveBuffer):
     """Common plumbing of both ends."""
 
     def __init__(

@@ -17,6 +17,7 @@ import enum
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,6 +95,7 @@ class SharedPort:
         self._device_paused_by_holder = False
         self._online = True
         self._closed = False
+        self._observers: list[Callable[[SharedPort], None]] = []
         #: Set when the underlying port is gone for good (with the exception, if any).
         self.closed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
@@ -121,6 +123,17 @@ class SharedPort:
     def holder(self) -> Holder | None:
         return self._holder_info
 
+    def observe(self, callback: Callable[[SharedPort], None]) -> None:
+        """Call ``callback(self)`` whenever :attr:`state` or :attr:`holder` may have changed (adverts)."""
+        self._observers.append(callback)
+
+    def _changed(self) -> None:
+        for callback in list(self._observers):
+            try:
+                callback(self)
+            except Exception:
+                log.exception("%s: state observer failed", self.name)
+
     def attach(self, session: Session, mode: Mode) -> None:
         """Attach ``session``; a second writer is refused with who holds the port and since when."""
         if self._closed:
@@ -135,6 +148,8 @@ class SharedPort:
             self._holder_info = Holder(label=session.label, since=time.time())
         self._sessions[session] = mode
         log.info("%s attached to %s (%s)", session.label, self.name, mode.value)
+        if mode is Mode.READ_WRITE:
+            self._changed()
 
     def detach(self, session: Session) -> None:
         mode = self._sessions.pop(session, None)
@@ -146,6 +161,7 @@ class SharedPort:
             if self._device_paused_by_holder:
                 self._device_paused_by_holder = False
                 self.port.resume_reading()
+            self._changed()
         log.info("%s detached from %s", session.label, self.name)
 
     def mode_of(self, session: Session) -> Mode | None:
@@ -332,6 +348,8 @@ class SharedPort:
             log.info("%s: device back", self.name)
         elif not isinstance(event, ModemStateChanged):
             return
+        if not isinstance(event, ModemStateChanged):
+            self._changed()
         for session in list(self._sessions):
             session.device_event(event)
 
@@ -346,6 +364,7 @@ class SharedPort:
 
     def port_closed(self, exc: BaseException | None) -> None:
         self._online = False
+        self._changed()
         if not self.closed.done():
             self.closed.set_result(exc)
         if exc is not None and not self._closed:

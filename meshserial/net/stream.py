@@ -41,6 +41,20 @@ class Carrier(Protocol):
     def tcp_info(self, name: str, default: Any = None) -> Any: ...
 
 
+class StreamUser(Protocol):
+    """The protocol above the stream (RFC 2217): an asyncio protocol's callbacks."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
+
+
 class StreamTransport(asyncio.Transport):
     """The stable transport the RFC 2217 protocol writes to, whatever connection is underneath."""
 
@@ -49,7 +63,7 @@ class StreamTransport(asyncio.Transport):
         self._stream = stream
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._stream.write(bytes(data))
+        self._stream.write(data if type(data) is bytes else bytes(data))
 
     def close(self) -> None:
         self._stream.end()
@@ -84,7 +98,7 @@ class SessionStream:
 
     def __init__(
         self,
-        inner: asyncio.Protocol,
+        inner: StreamUser,
         *,
         replay_limit: int = DEFAULT_LIMIT,
         on_detached: Callable[[SessionStream, BaseException | None], None] | None = None,
@@ -166,10 +180,12 @@ class SessionStream:
     def write(self, data: bytes) -> None:
         if self.ended or not data:
             return
-        self.replay.append(data)
+        replay = self.replay
+        replay.append(data)
         if self.carrier is not None:
             self.carrier.send_plain(data)
-        self._update_pause()
+        if replay.size > replay.limit and not self._inner_paused:
+            self._update_pause()
 
     def pause_reading(self) -> None:
         self.reading_paused = True

@@ -96,3 +96,33 @@ async def connect(
         raise ConnectError(f"cannot connect to {where}: {reason}") from exc
     tune_socket(transport)
     return transport, protocol
+
+
+RECV_SIZE = 256 * 1024
+
+
+class ReceiveBuffer(asyncio.BufferedProtocol):
+    """Receive into one reusable buffer instead of a fresh ``bytes`` per ``recv``.
+
+    asyncio's plain protocols get each read as a new 256 KiB object that is then shrunk; with glibc that
+    is an mmap, an mremap and a munmap per read — three system calls on every small serial write. A
+    :class:`asyncio.BufferedProtocol` reads with ``recv_into`` into this buffer, and only the bytes that
+    arrived are copied out to :meth:`data_received`.
+    """
+
+    _recv_view: memoryview | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._recv_view is None:
+            self._recv_view = memoryview(bytearray(RECV_SIZE))
+        return self._recv_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._recv_view is not None
+        self.data_received(self._recv_view[:nbytes].tobytes())
+
+    def data_received(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def eof_received(self) -> bool | None:
+        return None

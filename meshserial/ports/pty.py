@@ -75,6 +75,7 @@ TIOCPKT_IOCTL = 0x40
 IDLE_POLL_INTERVAL = 0.1
 OPEN_POLL_INTERVAL = 1.0
 READ_SIZE = 64 * 1024
+SHORT_PACKET = 512
 # A status byte or a burst per wake-up; bounded so one busy application cannot starve the loop.
 MAX_READS_PER_WAKEUP = 16
 
@@ -423,7 +424,23 @@ class PtyPort(Port):
         self._read_packets(idle=False)
 
     def _read_packets(self, *, idle: bool) -> None:
+        # Data packets read in one wakeup are handed on as one chunk (fewer, larger writes downstream);
+        # anything else (a status byte, a state change) first flushes what came before it.
+        pending: list[bytes] = []
+        try:
+            self._read_loop(idle, pending)
+        finally:
+            self._deliver(pending)
+
+    def _deliver(self, pending: list[bytes]) -> None:
+        if pending and self._listener is not None:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            self._listener.port_data(data)
+
+    def _read_loop(self, idle: bool, pending: list[bytes]) -> None:
         opened_here = False
+        size = 0
         for _ in range(MAX_READS_PER_WAKEUP):
             try:
                 packet = os.read(self._master, READ_SIZE)
@@ -434,10 +451,12 @@ class PtyPort(Port):
                     log.warning("%s: read failed: %s", self.name, exc)
                 if idle and not opened_here:
                     return
+                self._deliver(pending)
                 self._to_idle("application closed the port")
                 return
             if not packet:
                 if not idle or opened_here:
+                    self._deliver(pending)
                     self._to_idle("application closed the port")
                 return
             status = packet[0]
@@ -448,8 +467,18 @@ class PtyPort(Port):
                         opened_here = True
                         self._state = PtyState.OPEN
                         self._listener.port_event(PeerOpened())
-                    self._listener.port_data(packet[1:])
+                    pending.append(packet[1:])
+                    size += len(packet) - 1
+                    if size >= READ_SIZE:
+                        self._deliver(pending)
+                        size = 0
+                    if len(packet) < SHORT_PACKET and not idle:
+                        # Interactive traffic: the next read would only say EAGAIN. The reader is
+                        # level-triggered, so anything that arrives later wakes us again.
+                        return
             else:
+                self._deliver(pending)
+                size = 0
                 self._on_status(status)
             if self._state is not PtyState.OPEN and not idle:
                 return

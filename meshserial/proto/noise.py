@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import nacl.bindings
@@ -66,8 +66,60 @@ MAX_MESSAGE_LEN = 65535  # §3: every Noise message fits a 16-bit length.
 MAX_NONCE = 2**64 - 1  # §5.1: this nonce value is reserved (it is the Rekey() nonce, §4.2).
 
 _nonce = struct.Struct("<4xQ").pack  # §12.3: 32 bits of zeros, then the 64-bit counter little-endian.
-_aead_encrypt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt
-_aead_decrypt = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt
+_Aead = Callable[[bytes, "bytes | None", bytes, bytes], bytes]
+_aead_encrypt: _Aead = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt
+_aead_decrypt: _Aead = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt
+
+try:
+    # PyNaCl's public wrappers validate every argument with eagerly formatted messages, which costs
+    # more than the cipher itself for small records (a serial byte stream is mostly small records).
+    # Our arguments are checked where they are made (key and nonce sizes are fixed), so the data path
+    # calls libsodium through PyNaCl's own cffi module; the wrappers remain the fallback.
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+
+    _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
+
+    def _fast_encrypt(plaintext: bytes, ad: bytes | None, nonce: bytes, key: bytes) -> bytes:
+        size = len(plaintext) + TAGLEN
+        out = _alloc("unsigned char[]", size)
+        rc = _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+            out,
+            _ffi.NULL,
+            _ffi.from_buffer(plaintext),
+            len(plaintext),
+            ad or _ffi.NULL,
+            len(ad) if ad else 0,
+            _ffi.NULL,
+            nonce,
+            key,
+        )
+        if rc != 0:
+            raise nacl.exceptions.CryptoError("encryption failed")
+        return _ffi.buffer(out, size)[:]  # type: ignore[no-any-return]
+
+    def _fast_decrypt(ciphertext: bytes, ad: bytes | None, nonce: bytes, key: bytes) -> bytes:
+        size = len(ciphertext) - TAGLEN
+        out = _alloc("unsigned char[]", max(size, 1))
+        rc = _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+            out,
+            _ffi.NULL,
+            _ffi.NULL,
+            _ffi.from_buffer(ciphertext),
+            len(ciphertext),
+            ad or _ffi.NULL,
+            len(ad) if ad else 0,
+            nonce,
+            key,
+        )
+        if rc != 0:
+            raise nacl.exceptions.CryptoError("decryption failed")
+        return _ffi.buffer(out, size)[:]  # type: ignore[no-any-return]
+
+    _aead_encrypt = _fast_encrypt
+    _aead_decrypt = _fast_decrypt
+except (ImportError, AttributeError):  # pragma: no cover - a PyNaCl without the cffi module
+    pass
 _ZERO_KEY = bytes(KEYLEN)
 
 

@@ -368,6 +368,7 @@ class ServerSide(_Engine):
         self._modem_mask = 255
         # ser2net-compatible: a one-byte SET-BAUDRATE switches the session to Cisco codes.
         self._cisco_baud = False
+        self._com_port_in_use = False
 
     def initiate(self) -> None:
         """Queue the opening offers (gensio's order, minus its contradictory DONT ECHO)."""
@@ -383,8 +384,21 @@ class ServerSide(_Engine):
 
     @property
     def active(self) -> bool:
-        """The client sent WILL COM-PORT-OPTION."""
-        return self._telnet.enabled(Side.REMOTE, COM_PORT_OPTION)
+        """The client uses COM-PORT-OPTION: it sent WILL, or DO, or a COM-PORT command.
+
+        pyserial 3.5 races with itself: if our DO arrives before its own WILL has gone out, it marks
+        the option active and never sends WILL, yet goes on with commands. PortManager and ser2net
+        treat either direction as agreement; so do we, or such a client never gets its first
+        NOTIFY-MODEMSTATE (and its ``.cts`` raises)."""
+        return self._com_port_in_use
+
+    def _activate(self, events: list[Event]) -> None:
+        if self._com_port_in_use:
+            return
+        self._com_port_in_use = True
+        events.append(ComPortActive())
+        # Unconditional first report (ser2net and PortManager do it; pyserial needs it).
+        self._send_sb(SERVER_OFFSET + Command.NOTIFY_MODEMSTATE, self._masked_lines())
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Parse client bytes; raises :class:`~meshserial.errors.ProtocolError` on a malformed stream."""
@@ -394,14 +408,13 @@ class ServerSide(_Engine):
                 continue
             match tev:
                 case telnet.Subnegotiation(payload=payload):
+                    self._activate(events)
                     self._command(payload, events)
-                case telnet.OptionChanged(option=telnet.COM_PORT_OPTION, side=Side.REMOTE, enabled=enabled):
+                case telnet.OptionChanged(option=telnet.COM_PORT_OPTION, enabled=enabled):
                     if enabled:
-                        events.append(ComPortActive())
-                        # Unconditional first report (RFC 2217 §1.4 of our reference: ser2net and
-                        # PortManager do it; pyserial needs it).
-                        self._send_sb(SERVER_OFFSET + Command.NOTIFY_MODEMSTATE, self._masked_lines())
-                    else:
+                        self._activate(events)
+                    elif tev.side is Side.REMOTE:
+                        self._com_port_in_use = False  # no more notifications until it is used again
                         events.append(Notice(reason="client withdrew COM-PORT-OPTION"))
                 case _:
                     pass  # other option changes need no action

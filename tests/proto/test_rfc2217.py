@@ -849,3 +849,15 @@ def test_decode_speed_one_mebibyte(capsys: pytest.CaptureFixture[str]) -> None:
     assert events == [Data(data=payload)]
     with capsys.disabled():
         print(f"\n  rfc2217 decode: 1 MiB, {payload.count(0xFF)} escaped 0xFF, {elapsed * 1000:.1f} ms")
+
+
+def test_server_reports_modem_state_to_a_client_that_never_sent_will() -> None:
+    """pyserial 3.5 can skip its WILL COM-PORT (its reader thread sees our DO first) and go straight
+    to commands; the first NOTIFY-MODEMSTATE must still go out, or its ``.cts`` raises."""
+    server = ServerSide(modem_state=ModemState.CTS | ModemState.DSR)
+    server.initiate()
+    server.data_to_send()
+    events = server.receive_data(b"\xff\xfd\x2c" + sb(1, b"\x00\x00\x25\x80"))  # DO COM-PORT, SET-BAUDRATE
+    assert any(isinstance(e, ComPortActive) for e in events)
+    assert b"\xff\xfa\x2c\x6b\x30\xff\xf0" in server.data_to_send()
+    assert server.active

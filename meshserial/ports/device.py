@@ -40,8 +40,6 @@ import serial
 from meshserial.errors import PortBusy, PortClosed, PortError, PortNotFound
 from meshserial.ports import termios_util
 from meshserial.ports.base import (
-    WRITE_HIGH_WATER,
-    WRITE_LOW_WATER,
     Capabilities,
     ModemStateChanged,
     PeerClosed,
@@ -49,6 +47,7 @@ from meshserial.ports.base import (
     Port,
     PortListener,
 )
+from meshserial.ports.fdio import FdReader, FdWriter
 from meshserial.proto.settings import FlowControl, ModemState, SerialSettings
 
 log = logging.getLogger(__name__)
@@ -146,11 +145,12 @@ class SerialDevice(Port):
         self._modem: ModemState | None = None
         self._modem_supported = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._reading_paused = False
-        self._reader = False
-        self._writer = False
-        self._buffer = bytearray()
-        self._writing_paused = False
+        self._in = FdReader(self._on_readable)
+        self._out = FdWriter(
+            on_pause=self._pause_writer,
+            on_resume=self._resume_writer,
+            on_error=lambda exc: self._lost(f"write failed: {exc.strerror}"),
+        )
         self._refused: set[str] = set()
 
     @property
@@ -202,7 +202,7 @@ class SerialDevice(Port):
         except (OSError, termios.error, ValueError) as exc:  # serial.SerialException is an OSError
             raise translate_open_error(self._path, exc) from exc
         self._serial = ser
-        self._fd = ser.fd
+        self._fd = self._in.fd = self._out.fd = ser.fd
         try:
             self._rdev = os.fstat(self._fd).st_rdev
         except OSError:
@@ -216,7 +216,7 @@ class SerialDevice(Port):
 
     def _arm(self) -> None:
         """Start watching an open device."""
-        self._register_reader()
+        self._in.arm()
         self._timer("presence", PRESENCE_CHECK_INTERVAL, self._on_presence_timer)
         if self._modem_supported:
             self._timer("modem", MODEM_POLL_INTERVAL, self._on_modem_timer)
@@ -225,9 +225,9 @@ class SerialDevice(Port):
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        self._unregister_reader()
-        self._unregister_writer()
-        self._buffer.clear()
+        self._in.disarm()
+        self._in.fd = -1
+        self._out.detach()
         if self._serial is not None:
             try:
                 self._serial.close()
@@ -242,7 +242,6 @@ class SerialDevice(Port):
         log.warning("%s: %s; waiting for it to come back", self._path, reason)
         self._state = DeviceState.ABSENT
         self._release()
-        self._maybe_resume_writing()
         if self._listener is not None:
             self._listener.port_event(PeerClosed(reason=reason))
         self._timer("reopen", REOPEN_POLL_INTERVAL, self._on_reopen_timer)
@@ -403,9 +402,7 @@ class SerialDevice(Port):
         if self._state is DeviceState.CLOSED:
             raise PortClosed(f"{self.name} is closed")
         if tx:
-            self._buffer.clear()
-            self._unregister_writer()
-            self._maybe_resume_writing()
+            self._out.clear()
         if self._state is not DeviceState.PRESENT:
             return
         if rx and tx:
@@ -424,36 +421,26 @@ class SerialDevice(Port):
     def write(self, data: bytes) -> None:
         if self._state is DeviceState.CLOSED:
             raise PortClosed(f"{self.name} is closed")
-        if self._state is not DeviceState.PRESENT or not data:
-            return  # unplugged: a UART with nothing attached drops it too
-        if not self._buffer:
-            try:
-                sent = os.write(self._fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._lost(f"write failed: {exc.strerror}")
-                return
-            data = data[sent:]
-            if not data:
-                return
-        self._buffer += data
-        self._register_writer()
-        if not self._writing_paused and len(self._buffer) > WRITE_HIGH_WATER and self._listener:
-            self._writing_paused = True
-            self._listener.port_pause_writing()
+        if self._state is DeviceState.PRESENT:
+            self._out.write(data)
+        # Unplugged: a UART with nothing attached drops it too.
 
     def write_buffer_size(self) -> int:
-        return len(self._buffer)
+        return self._out.size
 
     def pause_reading(self) -> None:
-        self._reading_paused = True
-        self._unregister_reader()
+        self._in.pause()
 
     def resume_reading(self) -> None:
-        self._reading_paused = False
-        if self._state is DeviceState.PRESENT:
-            self._register_reader()
+        self._in.resume(arm=self._state is DeviceState.PRESENT)
+
+    def _pause_writer(self) -> None:
+        if self._listener is not None:
+            self._listener.port_pause_writing()
+
+    def _resume_writer(self) -> None:
+        if self._listener is not None:
+            self._listener.port_resume_writing()
 
     def _on_readable(self) -> None:
         try:
@@ -468,42 +455,3 @@ class SerialDevice(Port):
             return
         if self._listener is not None:
             self._listener.port_data(data)
-
-    def _on_writable(self) -> None:
-        try:
-            sent = os.write(self._fd, self._buffer)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._lost(f"write failed: {exc.strerror}")
-            return
-        del self._buffer[:sent]
-        if not self._buffer:
-            self._unregister_writer()
-        self._maybe_resume_writing()
-
-    def _maybe_resume_writing(self) -> None:
-        if self._writing_paused and len(self._buffer) <= WRITE_LOW_WATER:
-            self._writing_paused = False
-            if self._listener is not None:
-                self._listener.port_resume_writing()
-
-    def _register_reader(self) -> None:
-        if not self._reader and not self._reading_paused and self._fd >= 0 and self._loop is not None:
-            self._loop.add_reader(self._fd, self._on_readable)
-            self._reader = True
-
-    def _unregister_reader(self) -> None:
-        if self._reader and self._loop is not None:
-            self._loop.remove_reader(self._fd)
-            self._reader = False
-
-    def _register_writer(self) -> None:
-        if not self._writer and self._fd >= 0 and self._loop is not None:
-            self._loop.add_writer(self._fd, self._on_writable)
-            self._writer = True
-
-    def _unregister_writer(self) -> None:
-        if self._writer and self._loop is not None:
-            self._loop.remove_writer(self._fd)
-            self._writer = False

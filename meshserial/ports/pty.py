@@ -41,8 +41,6 @@ from pathlib import Path
 from meshserial.errors import PortClosed, PortError, UsageError
 from meshserial.ports import termios_util
 from meshserial.ports.base import (
-    WRITE_HIGH_WATER,
-    WRITE_LOW_WATER,
     Capabilities,
     PeerClosed,
     PeerOpened,
@@ -51,6 +49,7 @@ from meshserial.ports.base import (
     PurgeRequested,
     SettingsChanged,
 )
+from meshserial.ports.fdio import FdReader, FdWriter
 from meshserial.proto.settings import ModemState, SerialSettings
 
 log = logging.getLogger(__name__)
@@ -116,11 +115,12 @@ class PtyPort(Port):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller = select.poll()
         self._timer: asyncio.TimerHandle | None = None
-        self._reading_paused = False
-        self._reader_registered = False
-        self._writer_registered = False
-        self._buffer = bytearray()
-        self._writing_paused = False
+        self._in = FdReader(self._on_readable)
+        self._out = FdWriter(
+            on_pause=self._pause_writer,
+            on_resume=self._resume_writer,
+            on_error=lambda exc: log.debug("%s: write failed: %s", self.name, exc),
+        )
         self._control = (False, False, False)
         # What the application's termios looked like the last time we read it (baud, stop bits, flow).
         self._seen: tuple[object, ...] = ()
@@ -167,7 +167,7 @@ class PtyPort(Port):
             raise PortError(f"cannot set up the PTY: {exc}") from exc
         # Closing our slave fd makes application open/close observable as HUP (P13, P14).
         os.close(slave)
-        self._master = master
+        self._master = self._in.fd = self._out.fd = master
         self._poller.register(master, select.POLLIN | select.POLLPRI)
         self._seen = self._observe()
         self.name = self._path
@@ -188,9 +188,9 @@ class PtyPort(Port):
         was_started = self._state is not PtyState.NEW
         self._state = PtyState.CLOSED
         self._cancel_timer()
-        self._unregister_reader()
-        self._unregister_writer()
-        self._buffer.clear()
+        self._in.disarm()
+        self._in.fd = -1
+        self._out.detach()
         self.remove_link()
         if self._master >= 0:
             self._poller.unregister(self._master)
@@ -270,34 +270,24 @@ class PtyPort(Port):
                 self._held += data
                 del self._held[: max(0, len(self._held) - self._hold_limit)]
             return  # nobody has the port open: a UART would drop it too
-        if not self._buffer:
-            try:
-                sent = os.write(self._master, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                log.debug("%s: write failed: %s", self.name, exc)
-                return
-            data = data[sent:]
-            if not data:
-                return
-        self._buffer += data
-        self._register_writer()
-        if not self._writing_paused and len(self._buffer) > WRITE_HIGH_WATER and self._listener:
-            self._writing_paused = True
-            self._listener.port_pause_writing()
+        self._out.write(data)
 
     def write_buffer_size(self) -> int:
-        return len(self._buffer)
+        return self._out.size
 
     def pause_reading(self) -> None:
-        self._reading_paused = True
-        self._unregister_reader()
+        self._in.pause()
 
     def resume_reading(self) -> None:
-        self._reading_paused = False
-        if self._state is PtyState.OPEN:
-            self._register_reader()
+        self._in.resume(arm=self._state is PtyState.OPEN)
+
+    def _pause_writer(self) -> None:
+        if self._listener is not None:
+            self._listener.port_pause_writing()
+
+    def _resume_writer(self) -> None:
+        if self._listener is not None:
+            self._listener.port_resume_writing()
 
     def set_control(
         self, *, dtr: bool | None = None, rts: bool | None = None, break_: bool | None = None
@@ -320,7 +310,7 @@ class PtyPort(Port):
     def purge(self, *, rx: bool, tx: bool) -> None:
         self._check_open()
         if rx:
-            self._drop_output()
+            self._out.clear()
             self._flush(termios.TCOFLUSH)
         if tx:
             self._flush(termios.TCIFLUSH)
@@ -408,13 +398,13 @@ class PtyPort(Port):
         if self._listener is not None:
             self._listener.port_event(PeerOpened())
         self._check_settings()
-        if self._state is PtyState.OPEN and not self._reading_paused:
-            self._register_reader()
+        if self._state is PtyState.OPEN:
+            self._in.arm()
 
     def _to_idle(self, reason: str) -> None:
         self._state = PtyState.IDLE
-        self._unregister_reader()
-        self._drop_output()
+        self._in.disarm()
+        self._out.clear()
         log.info("%s: %s", self.name, reason)
         if self._listener is not None:
             self._listener.port_event(PeerClosed(reason=reason))
@@ -482,7 +472,7 @@ class PtyPort(Port):
                 self._on_status(status)
             if self._state is not PtyState.OPEN and not idle:
                 return
-            if not idle and self._reading_paused:
+            if not idle and self._in.paused:
                 return
 
     def _on_status(self, status: int) -> None:
@@ -492,7 +482,7 @@ class PtyPort(Port):
         tx = bool(status & TIOCPKT_FLUSHWRITE)
         if rx or tx:
             if rx:
-                self._drop_output()
+                self._out.clear()
             if self._listener is not None:
                 self._listener.port_event(PurgeRequested(rx=rx, tx=tx))
         if status & (TIOCPKT_STOP | TIOCPKT_START):
@@ -501,47 +491,3 @@ class PtyPort(Port):
                 self.name,
                 "stopped" if status & TIOCPKT_STOP else "started",
             )
-
-    def _drop_output(self) -> None:
-        self._buffer.clear()
-        self._unregister_writer()
-        self._maybe_resume_writing()
-
-    def _maybe_resume_writing(self) -> None:
-        if self._writing_paused and len(self._buffer) <= WRITE_LOW_WATER:
-            self._writing_paused = False
-            if self._listener is not None:
-                self._listener.port_resume_writing()
-
-    def _on_writable(self) -> None:
-        try:
-            sent = os.write(self._master, self._buffer)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            log.debug("%s: write failed: %s", self.name, exc)
-            sent = len(self._buffer)
-        del self._buffer[:sent]
-        if not self._buffer:
-            self._unregister_writer()
-        self._maybe_resume_writing()
-
-    def _register_reader(self) -> None:
-        if not self._reader_registered and self._loop is not None and self._master >= 0:
-            self._loop.add_reader(self._master, self._on_readable)
-            self._reader_registered = True
-
-    def _unregister_reader(self) -> None:
-        if self._reader_registered and self._loop is not None:
-            self._loop.remove_reader(self._master)
-            self._reader_registered = False
-
-    def _register_writer(self) -> None:
-        if not self._writer_registered and self._loop is not None and self._master >= 0:
-            self._loop.add_writer(self._master, self._on_writable)
-            self._writer_registered = True
-
-    def _unregister_writer(self) -> None:
-        if self._writer_registered and self._loop is not None:
-            self._loop.remove_writer(self._master)
-            self._writer_registered = False

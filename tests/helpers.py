@@ -255,3 +255,20 @@ def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.02) -
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def private_home(tmp_path: Path, name: str) -> dict[str, str]:
+    """Environment for a meshserial process with its own MESHSERIAL_HOME (one "machine")."""
+    home = tmp_path / name
+    home.mkdir(mode=0o700)
+    env = dict(os.environ)
+    env["MESHSERIAL_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def ok(*args: str, env: dict[str, str]) -> str:
+    """Run a meshserial command that must succeed; return its stdout."""
+    result = run_meshserial(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -35,31 +34,7 @@ from meshserial.proto.settings import LineState, ModemState
 from meshserial.proto.telnet import MAX_SUBNEGOTIATION, escape
 
 # ---- helpers ---------------------------------------------------------------------------------------
-
-Chunker = Callable[[bytes], Iterator[bytes]]
-
-
-def whole(data: bytes) -> Iterator[bytes]:
-    yield data
-
-
-def bytewise(data: bytes) -> Iterator[bytes]:
-    for i in range(len(data)):
-        yield data[i : i + 1]
-
-
-def random_chunks(data: bytes, seed: int = 1) -> Iterator[bytes]:
-    rng = random.Random(seed)
-    pos = 0
-    while pos < len(data):
-        step = rng.randint(1, 7)
-        yield data[pos : pos + step]
-        pos += step
-
-
-CHUNKERS = pytest.mark.parametrize(
-    "chunker", [whole, bytewise, random_chunks], ids=["whole", "bytes", "random"]
-)
+from tests.proto.chunking import CHUNKERS, Chunker, random_chunks, whole
 
 
 def merge_data(events: list[Event]) -> list[Event]:

@@ -22,8 +22,9 @@ from tests.helpers import (
     Proc,
     free_tcp_port,
     meshserial,
+    ok,
+    private_home,
     read_exact,
-    run_meshserial,
     wait_for,
     write_all,
 )
@@ -31,19 +32,8 @@ from tests.helpers import (
 pytestmark = pytest.mark.system
 
 
-def _home(tmp_path: Path, name: str) -> dict[str, str]:
-    home = tmp_path / name
-    home.mkdir(mode=0o700)
-    env = dict(os.environ)
-    env["MESHSERIAL_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _ok(*args: str, env: dict[str, str]) -> str:
-    result = run_meshserial(*args, env=env)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+_home = private_home
+_ok = ok
 
 
 class Pump:

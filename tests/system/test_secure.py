@@ -23,6 +23,8 @@ from tests.helpers import (
     Proc,
     free_tcp_port,
     meshserial,
+    ok,
+    private_home,
     read_exact,
     run_meshserial,
     wait_for,
@@ -34,19 +36,8 @@ pytestmark = pytest.mark.system
 ALL_BYTES = bytes(range(256))
 
 
-def _home(tmp_path: Path, name: str) -> dict[str, str]:
-    home = tmp_path / name
-    home.mkdir(mode=0o700)
-    env = dict(os.environ)
-    env["MESHSERIAL_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _ok(*args: str, env: dict[str, str]) -> str:
-    result = run_meshserial(*args, env=env)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+_home = private_home
+_ok = ok
 
 
 class Site:

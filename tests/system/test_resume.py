@@ -32,10 +32,6 @@ from tests.helpers import (
 pytestmark = pytest.mark.system
 
 
-_home = private_home
-_ok = ok
-
-
 class Pump:
     """Moves two blobs through two non-blocking fds in a thread, counting progress."""
 
@@ -92,10 +88,10 @@ class Pump:
 
 @pytest.fixture
 def pair(tmp_path: Path, device: DevicePty) -> Iterator[tuple[dict[str, str], dict[str, str], int]]:
-    server_env = _home(tmp_path, "server")
-    client_env = _home(tmp_path, "client")
-    _ok("keygen", env=server_env)
-    _ok("authorize", _ok("keygen", env=client_env), env=server_env)
+    server_env = private_home(tmp_path, "server")
+    client_env = private_home(tmp_path, "client")
+    ok("keygen", env=server_env)
+    ok("authorize", ok("keygen", env=client_env), env=server_env)
     yield server_env, client_env, free_tcp_port()
 
 

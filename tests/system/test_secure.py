@@ -36,18 +36,14 @@ pytestmark = pytest.mark.system
 ALL_BYTES = bytes(range(256))
 
 
-_home = private_home
-_ok = ok
-
-
 class Site:
     """A server home sharing one device PTY, and a helper to make client homes."""
 
     def __init__(self, tmp_path: Path, device: DevicePty) -> None:
         self.tmp_path = tmp_path
         self.device = device
-        self.env = _home(tmp_path, "server")
-        self.server_id = _ok("keygen", env=self.env)
+        self.env = private_home(tmp_path, "server")
+        self.server_id = ok("keygen", env=self.env)
         self.port = free_tcp_port()
         self.proc = meshserial(
             "share", f"{device.path}=gps", "--listen", f"127.0.0.1:{self.port}", "-v", env=self.env
@@ -57,11 +53,11 @@ class Site:
 
     def client(self, *, authorize: str | None = "*=rw", name: str | None = None) -> dict[str, str]:
         self._clients += 1
-        env = _home(self.tmp_path, f"client{self._clients}")
-        client_id = _ok("keygen", env=env)
+        env = private_home(self.tmp_path, f"client{self._clients}")
+        client_id = ok("keygen", env=env)
         if authorize is not None:
             extra = ["--name", name] if name else []
-            _ok("authorize", client_id, "--ports", authorize, *extra, env=self.env)
+            ok("authorize", client_id, "--ports", authorize, *extra, env=self.env)
         return env
 
     def use_pty(self, env: dict[str, str], link: Path, *extra: str) -> Proc:
@@ -125,7 +121,7 @@ def test_unknown_server_is_refused_with_the_command_to_trust_it(site: Site) -> N
 def test_changed_server_key_is_refused_even_with_trust_new(site: Site, tmp_path: Path) -> None:
     env = site.client()
     impostor = Identity.generate().id_string
-    _ok("trust", impostor, "--name", f"127.0.0.1:{site.port}", env=env)
+    ok("trust", impostor, "--name", f"127.0.0.1:{site.port}", env=env)
     result = run_meshserial("use", f"gps@127.0.0.1:{site.port}", "--pty", "--trust-new", env=env)
     assert result.returncode == 6, result.stderr
     assert "impersonat" in result.stderr and "--replace" in result.stderr
@@ -234,7 +230,7 @@ def test_revocation_ends_a_live_session(site: Site, tmp_path: Path) -> None:
     env = site.client(name="mallory")
     link = tmp_path / "ttyM"
     client = site.use_pty(env, link, "--trust-new")
-    _ok("revoke", "mallory", env=site.env)
+    ok("revoke", "mallory", env=site.env)
     code = client.wait(timeout=10)
     assert code != 0
     assert "lost" in client.stderr or "closed" in client.stderr, client.stderr
@@ -242,18 +238,18 @@ def test_revocation_ends_a_live_session(site: Site, tmp_path: Path) -> None:
 
 
 def test_invite_pairs_without_copying_keys(site: Site, tmp_path: Path) -> None:
-    code = _ok(
+    code = ok(
         "invite", "--ports", "gps=rw", "--ttl", "5m", "--address", f"127.0.0.1:{site.port}", env=site.env
     )
     assert code.startswith("msinv1")
-    env = _home(tmp_path, "newcomer")
-    out = _ok("accept", code, env=env)
+    env = private_home(tmp_path, "newcomer")
+    out = ok("accept", code, env=env)
     assert "paired" in out and site.server_id in out
     # Pinned by the invite and authorized by it: no --trust-new needed.
     client = site.use_pty(env, tmp_path / "ttyN")
     assert client.stop() == 0, client.stderr
     # One use only.
-    again = run_meshserial("accept", code, env=_home(tmp_path, "latecomer"))
+    again = run_meshserial("accept", code, env=private_home(tmp_path, "latecomer"))
     assert again.returncode == 6 and "invite not accepted" in again.stderr, again.stderr
 
 
@@ -279,7 +275,7 @@ def test_garbage_and_oversized_handshakes_close_only_that_connection(site: Site,
 
 def test_handshake_flood_does_not_lock_out_a_legitimate_client(site: Site, tmp_path: Path) -> None:
     env = site.client()
-    _ok("trust", site.server_id, "--name", f"127.0.0.1:{site.port}", env=env)
+    ok("trust", site.server_id, "--name", f"127.0.0.1:{site.port}", env=env)
     flood: list[socket.socket] = []
     try:
         # 200 half-open handshakes from other loopback addresses, some of them trickling bytes slowly.

@@ -31,6 +31,7 @@ Connector = Callable[[sess.Hello, StreamFor], Awaitable[tuple[ClientConnection, 
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 1.0
 ACTIVE_TIMEOUT = 10.0
+RECONNECT_ATTEMPT_TIMEOUT = 2.0
 
 
 class SessionPort(Port):
@@ -250,8 +251,14 @@ class ResilientClient:
                 tx=stream.replay.sent,
             )
             try:
-                self._conn, _ = await self._connector(hello, self._stream_for)
+                # Each attempt gives up quickly and tries again: a SYN lost while the path was down
+                # would otherwise hold it for the kernel's retransmission schedule (1 s, 3 s, ...).
+                async with asyncio.timeout(RECONNECT_ATTEMPT_TIMEOUT):
+                    self._conn, _ = await self._connector(hello, self._stream_for)
                 await self._wait_active()
+            except TimeoutError:
+                log.info("reconnect attempt %d timed out", attempt)
+                continue
             except (AuthError, UsageError) as exc:
                 # Not a network problem: trying again would not help (revoked, port taken, key changed).
                 self._status(f"cannot resume: {exc}")

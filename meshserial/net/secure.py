@@ -260,15 +260,18 @@ class SecureConnection(ReceiveBuffer):
         if self.closing:
             return
         now = self._loop.time()
+        interval = self._keepalive / 3
         silent = now - self._last_rx
-        if silent > self._keepalive:
+        if silent >= self._keepalive:
             log.warning("%s: nothing heard for %.1f s; dropping the connection", self.peer, silent)
             self.abort()
             return
-        if now - self._last_tx >= self._keepalive / 3 or silent >= self._keepalive / 3:
+        if now - self._last_tx >= interval or silent >= interval:
             self._channel.send_ping()
             self.flush()
-        self._keepalive_timer = self._loop.call_later(self._keepalive / 3, self._keepalive_tick)
+        # Wake up for the next ping, or exactly when the peer's silence reaches the limit.
+        wake = min(now + interval, self._last_rx + self._keepalive)
+        self._keepalive_timer = self._loop.call_at(wake, self._keepalive_tick)
 
 
 # ---- server --------------------------------------------------------------------------------------

@@ -7,18 +7,20 @@ RFC 2217 endpoint (for pyserial ``rfc2217://``, esptool, hub4com on Windows) rel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshserial import paths
-from meshserial.errors import ConnectError, ConnectionLost, UnknownServer, UsageError
+from meshserial.errors import ConnectError, ConnectionLost, MeshserialError, UnknownServer, UsageError
+from meshserial.finder import FindOptions, Resolved, resolve, server_label
 from meshserial.keys import Identity, fingerprint, format_id
 from meshserial.net.link import LinkOptions, PortLink
-from meshserial.net.resilient import ResilientClient, StreamFor
+from meshserial.net.resilient import Connector, ResilientClient, StreamFor
 from meshserial.net.rfc2217_client import connect_rfc2217
 from meshserial.net.secure import DEFAULT_KEEPALIVE, ClientConnection
 from meshserial.net.sharing import SCROLLBACK_BYTES, SharedPort
@@ -36,38 +38,40 @@ log = logging.getLogger(__name__)
 TrustCheck = Callable[[bytes], Awaitable[None]]
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
+_PORT_NAME_RE = re.compile(r"[^\x00-\x20\x7f/@:]{1,64}")  # what discovery can find (no spaces, '/', ':')
+STAGGER = 0.25  # seconds between connection attempts to the addresses of one server
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Target:
     """What ``use`` connects to."""
 
-    kind: str  # "rfc2217" (plain) or "meshserial" (secure, by name)
-    host: str
+    kind: str  # "rfc2217" (plain), "meshserial" (secure, NAME@HOST) or "discover" (secure, NAME)
+    host: str  # empty for "discover": found by discovery
     port: int
     name: str  # port name (secure) or a label for links and logs
 
 
+_TARGET_FORMS = "NAME, NAME@HOST[:PORT] or rfc2217://HOST:PORT"
+
+
 def parse_target(text: str) -> Target:
-    """``rfc2217://HOST:PORT`` (plain RFC 2217 server) or ``NAME@HOST[:PORT]`` (meshserial server)."""
+    """``rfc2217://HOST:PORT`` (plain RFC 2217 server), ``NAME@HOST[:PORT]`` (meshserial server) or
+    ``NAME`` (a meshserial port found by discovery)."""
     if text.startswith("rfc2217://"):
         rest = text[len("rfc2217://") :].split("?", 1)[0].rstrip("/")
         host, port = parse_hostport(rest, default_port=None, what="RFC 2217 address")
         label = _NAME_RE.sub("_", f"{host}_{port}")
         return Target(kind="rfc2217", host=host, port=port, name=label)
     if "://" in text:
-        raise UsageError(f"unsupported target {text!r}: use NAME@HOST[:PORT] or rfc2217://HOST:PORT")
+        raise UsageError(f"unsupported target {text!r}: use {_TARGET_FORMS}")
     name, sep, where = text.partition("@")
     if sep and name and where:
         host, port = parse_hostport(where, default_port=DEFAULT_PORT, what="server address")
         return Target(kind="meshserial", host=host, port=port, name=name)
-    raise UsageError(f"bad target {text!r}: use NAME@HOST[:PORT] or rfc2217://HOST:PORT")
-
-
-def server_label(host: str, port: int) -> str:
-    """The name a server is pinned under in ``known_servers`` (like SSH: the host, plus a port if
-    it is not the default one)."""
-    return host if port == DEFAULT_PORT else format_hostport(host, port)
+    if not sep and _PORT_NAME_RE.fullmatch(text):
+        return Target(kind="discover", host="", port=0, name=text)
+    raise UsageError(f"bad target {text!r}: use {_TARGET_FORMS}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +125,29 @@ async def connect_secure(
     timeout: float = 10.0,
 ) -> tuple[ClientConnection, sess.Accept | sess.Paired]:
     """TCP, Noise handshake, server check, then our request; returns the connection and the answer."""
+    conn, server_id = await _identified(
+        host,
+        port,
+        identity=identity,
+        request=request,
+        stream_for=stream_for,
+        keepalive=keepalive,
+        timeout=timeout,
+    )
+    return await _finish(conn, server_id, trust=trust, where=format_hostport(host, port), timeout=timeout)
+
+
+async def _identified(
+    host: str,
+    port: int,
+    *,
+    identity: Identity,
+    request: sess.Hello | Callable[[bytes], sess.Message],
+    stream_for: StreamFor | None,
+    keepalive: float,
+    timeout: float,
+) -> tuple[ClientConnection, bytes]:
+    """TCP and the handshake up to the server's proven identity (message 2)."""
     _, conn = await tcp_connect(
         host,
         port,
@@ -129,18 +156,103 @@ async def connect_secure(
     )
     try:
         async with asyncio.timeout(timeout):
-            server_id = await conn.server_identified
-        await trust(server_id)  # may ask a human: not under the timeout
-        conn.proceed()
-        async with asyncio.timeout(timeout):
-            answer = await conn.answer
+            return conn, await conn.server_identified
     except TimeoutError:
         conn.abort()
         raise ConnectError(f"{format_hostport(host, port)} did not complete the handshake in time") from None
     except BaseException:
         conn.abort()
         raise
+
+
+async def _finish(
+    conn: ClientConnection, server_id: bytes, *, trust: TrustCheck, where: str, timeout: float
+) -> tuple[ClientConnection, sess.Accept | sess.Paired]:
+    """Check the identified server, send our request, wait for the answer."""
+    try:
+        await trust(server_id)  # may ask a human: not under the timeout
+        conn.proceed()
+        async with asyncio.timeout(timeout):
+            answer = await conn.answer
+    except TimeoutError:
+        conn.abort()
+        raise ConnectError(f"{where} did not complete the handshake in time") from None
+    except BaseException:
+        conn.abort()
+        raise
     return conn, answer
+
+
+async def connect_first(
+    addresses: Sequence[tuple[str, int]],
+    *,
+    identity: Identity,
+    expect: bytes,
+    request: sess.Hello,
+    trust: TrustCheck,
+    stream_for: StreamFor | None,
+    keepalive: float = DEFAULT_KEEPALIVE,
+    timeout: float = 10.0,
+    stagger: float = STAGGER,
+) -> tuple[ClientConnection, sess.Accept | sess.Paired]:
+    """Connect to one server that has several addresses (Happy Eyeballs, RFC 8305, for paths).
+
+    Attempts start in order, each ``stagger`` seconds after the previous one or as soon as it failed.
+    The first to complete the handshake up to the server's identity wins and the others are cancelled,
+    so only the winner sends our request (a second hello would find the port held). A server that
+    proves another identity than ``expect`` (the one discovery announced) counts as a failed attempt.
+    """
+    if not addresses:
+        raise ConnectError("no address to connect to")
+    started = [asyncio.Event() for _ in addresses]
+    failed = [asyncio.Event() for _ in addresses]
+    errors: list[tuple[str, MeshserialError]] = []
+    won: list[tuple[ClientConnection, bytes, str]] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def attempt(index: int, host: str, port: int) -> None:
+        if index:
+            await started[index - 1].wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(stagger):
+                    await failed[index - 1].wait()
+        if won:
+            return
+        started[index].set()
+        where = format_hostport(host, port)
+        try:
+            conn, server_id = await _identified(
+                host, port, identity=identity, request=request, stream_for=stream_for,
+                keepalive=keepalive, timeout=timeout,
+            )  # fmt: skip
+        except MeshserialError as exc:
+            errors.append((where, exc))
+            failed[index].set()
+            return
+        if server_id != expect:
+            conn.abort()
+            errors.append(
+                (where, ConnectError(f"{where} presents {format_id(server_id)}, not the announced id"))
+            )
+            failed[index].set()
+            return
+        if won:
+            conn.abort()
+            return
+        won.append((conn, server_id, where))
+        log.info("connected to %s", where)
+        for task in tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async with asyncio.TaskGroup() as group:
+        tasks.extend(group.create_task(attempt(i, h, p)) for i, (h, p) in enumerate(addresses))
+    if not won:
+        if len(errors) == 1:
+            raise errors[0][1]
+        raise ConnectError("; ".join(f"{where}: {exc}" for where, exc in errors))
+    conn, server_id, where = won[0]
+    return await _finish(conn, server_id, trust=trust, where=where, timeout=timeout)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,6 +263,7 @@ class ConnectOptions:
     reconnect: bool = True
     takeover: bool = False
     scrollback: float = 0.0
+    find: FindOptions = field(default_factory=FindOptions)  # how a NAME target is looked up
 
 
 class Connection:
@@ -182,20 +295,26 @@ async def connect_target(target: Target, options: ConnectOptions | None = None) 
         return Connection(await connect_rfc2217(target.host, target.port, name=where))
     options = options or ConnectOptions()
     identity = load_identity_noting()
-    trust = trust_checker(server_label(target.host, target.port), options.trust)
+    connector: Connector
+    if target.kind == "discover":
+        resolved = await resolve(target.name, options.find)
+        where = resolved.host or format_hostport(*resolved.addresses[0])
+        connector = _discovered_connector(resolved, identity, options)
+    else:
+        trust = trust_checker(server_label(target.host, target.port), options.trust)
 
-    async def connector(hello: sess.Hello, stream_for: StreamFor) -> tuple[ClientConnection, sess.Accept]:
-        conn, answer = await connect_secure(
-            target.host,
-            target.port,
-            identity=identity,
-            request=hello,
-            trust=trust,
-            stream_for=stream_for,
-            keepalive=options.keepalive,
-        )
-        assert isinstance(answer, sess.Accept)
-        return conn, answer
+        async def connector(hello: sess.Hello, stream_for: StreamFor) -> tuple[ClientConnection, sess.Accept]:
+            conn, answer = await connect_secure(
+                target.host,
+                target.port,
+                identity=identity,
+                request=hello,
+                trust=trust,
+                stream_for=stream_for,
+                keepalive=options.keepalive,
+            )
+            assert isinstance(answer, sess.Accept)
+            return conn, answer
 
     hello = sess.Hello(
         port=target.name,
@@ -212,6 +331,41 @@ async def connect_target(target: Target, options: ConnectOptions | None = None) 
     )
     await client.open()
     return Connection(client.port, client)
+
+
+def _discovered_connector(resolved: Resolved, identity: Identity, options: ConnectOptions) -> Connector:
+    """Connect to a port found by discovery; every reconnect looks the name up again (the server may
+    have moved between LAN and overlay), keeping to the same server identity."""
+    trust = trust_checker(resolved.label, options.trust)
+    current = resolved
+    first = True
+
+    async def connector(hello: sess.Hello, stream_for: StreamFor) -> tuple[ClientConnection, sess.Accept]:
+        nonlocal current, first
+        if not first:
+            try:
+                current = await resolve(current.name, options.find, server_id=current.server_id)
+                log.info(
+                    "%s is at %s now", current.name, ", ".join(format_hostport(*a) for a in current.addresses)
+                )
+            except MeshserialError as exc:
+                log.info(
+                    "looking %s up again failed (%s); trying its last known addresses", current.name, exc
+                )
+        first = False
+        conn, answer = await connect_first(
+            current.addresses,
+            identity=identity,
+            expect=current.server_id,
+            request=hello,
+            trust=trust,
+            stream_for=stream_for,
+            keepalive=options.keepalive,
+        )
+        assert isinstance(answer, sess.Accept)
+        return conn, answer
+
+    return connector
 
 
 def default_link(name: str) -> Path:

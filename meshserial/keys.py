@@ -139,6 +139,11 @@ class Identity:
         """Ed25519 signature over ``CERT_CONTEXT ‖ noise_public``: binds the Noise key to the identity."""
         return self._certificate
 
+    @property
+    def signing_key(self) -> nacl.signing.SigningKey:
+        """The Ed25519 signing key (for rendezvous records). Secret: never log or print it."""
+        return self._signing_key
+
     def sign(self, data: bytes) -> bytes:
         """Sign ``data`` with the identity key; returns the 64-byte detached signature."""
         return bytes(self._signing_key.sign(data).signature)

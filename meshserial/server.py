@@ -13,10 +13,12 @@ import errno
 import logging
 import secrets
 import sys
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshserial.access import FileAuthorizer
+from meshserial.advertise import PublishConfig, Publisher
 from meshserial.errors import PortBusy, Refused, UsageError
 from meshserial.keys import Identity, load_or_create_identity
 from meshserial.net.rfc2217_server import Rfc2217ServerSession
@@ -50,9 +52,10 @@ class ShareConfig:
     detach_timeout: float = DEFAULT_DETACH_TIMEOUT
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     scrollback: int = SCROLLBACK_BYTES
+    publish: PublishConfig = field(default_factory=PublishConfig)  # mDNS adverts, rendezvous
 
 
-async def listen(host: str, port: int, factory: Callable[[], asyncio.Protocol]) -> asyncio.Server:
+async def listen(host: str, port: int, factory: Callable[[], asyncio.BaseProtocol]) -> asyncio.Server:
     """Start a TCP server, translating "address in use" and friends into one clear error."""
     loop = asyncio.get_running_loop()
     try:
@@ -97,11 +100,17 @@ class PlainServer:
         for server in self._servers:
             server.close()
         for server in self._servers:
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
+            await _wait_closed(server)
 
 
-def _session_factory(shared: SharedPort) -> Callable[[], asyncio.Protocol]:
+async def _wait_closed(server: asyncio.Server, timeout: float = 2.0) -> None:
+    """Wait (briefly) for a closed listener to finish: shutting down must never hang."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await server.wait_closed()
+
+
+def _session_factory(shared: SharedPort) -> Callable[[], asyncio.BaseProtocol]:
     return lambda: Rfc2217ServerSession(shared)
 
 
@@ -149,8 +158,13 @@ class SecureServer:
         self._authorizer = FileAuthorizer()
         self._limiter = HandshakeLimiter()
         self._sessions: dict[str, LiveSession] = {}
+        self._connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
 
     async def start(self) -> None:
         self._server = await listen(self._host, self._port, self._new_connection)
@@ -160,13 +174,15 @@ class SecureServer:
             announce(f"sharing {name} on {where} as {self._identity.id_string}")
 
     def _new_connection(self) -> ServerConnection:
-        return ServerConnection(
+        conn = ServerConnection(
             self._identity,
             host=self,
             limiter=self._limiter,
             keepalive=self._keepalive,
             handshake_timeout=self._handshake_timeout,
         )
+        self._connections.add(conn)
+        return conn
 
     # ---- SessionHost -------------------------------------------------------------------------------
 
@@ -318,9 +334,13 @@ class SecureServer:
                 conn.go_away("server is shutting down")
             live.stream.ended_by_peer(None)  # ends the session here only; the client will reconnect
         self._sessions.clear()
+        # Connections still in their handshake (or half-open floods) would otherwise keep
+        # wait_closed() waiting for their deadline.
+        for conn in list(self._connections):
+            if not conn.closing:
+                conn.abort()
         if self._server is not None:
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+            await _wait_closed(self._server)
 
 
 async def run_share(config: ShareConfig) -> int:
@@ -357,6 +377,10 @@ async def run_share(config: ShareConfig) -> int:
         async with asyncio.TaskGroup() as tasks:
             if secure is not None:
                 tasks.create_task(secure.watch_revocations())
+                # Started after the listener is up: advertising never delays serving.
+                tasks.create_task(_publisher(config, shared, secure).run())
+            elif config.publish.rendezvous:
+                log.warning("nothing to register with the rendezvous: only --rfc2217 is served")
             await asyncio.Event().wait()  # serve until cancelled (SIGINT/SIGTERM)
     finally:
         if secure is not None:
@@ -366,6 +390,19 @@ async def run_share(config: ShareConfig) -> int:
         for item in shared:
             await item.aclose()
     return 0
+
+
+def _publisher(config: ShareConfig, shared: list[SharedPort], secure: SecureServer) -> Publisher:
+    assert secure.address is not None and config.listen is not None
+    return Publisher(
+        shared,
+        {d.name: d.spec for d in config.devices},
+        secure.identity,
+        host=config.listen[0],
+        tcp_port=secure.address[1],
+        config=config.publish,
+        announce=announce,
+    )
 
 
 def load_identity_noting() -> Identity:

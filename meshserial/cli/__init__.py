@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from meshserial import __version__
-from meshserial.cli import keys, share, use
+from meshserial.cli import doctor, keys, rendezvous, share, use
+from meshserial.cli import list as list_
 from meshserial.errors import MeshserialError
 
 log = logging.getLogger("meshserial")
@@ -36,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"meshserial {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (share, use):
+    for module in (share, use, list_):
         module.add_parser(sub, common)
     keys.add_parsers(sub, common)
+    for module in (rendezvous, doctor):
+        module.add_parser(sub, common)
     return parser
 
 
@@ -60,6 +64,10 @@ async def _run_cancellable(coro: Coroutine[Any, Any, int]) -> int:
 
     def on_signal() -> None:
         nonlocal interrupted
+        if interrupted:
+            # A second signal while cleaning up: the user wants out now.
+            print("meshserial: interrupted again; exiting without cleaning up", file=sys.stderr, flush=True)
+            os._exit(EXIT_INTERRUPTED)
         interrupted = True
         task.cancel()
 

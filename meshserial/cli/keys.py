@@ -8,8 +8,9 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from meshserial.client import connect_secure, server_label
+from meshserial.client import connect_secure
 from meshserial.errors import HandshakeError, MeshserialError, UsageError
+from meshserial.finder import server_label
 from meshserial.invites import create_invite, invite_proof, parse_invite
 from meshserial.keys import create_identity, fingerprint, format_id, load_identity, parse_id
 from meshserial.net.tcp import DEFAULT_PORT, parse_hostport

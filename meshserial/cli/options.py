@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
+from meshserial import config
 from meshserial.errors import UsageError
+from meshserial.finder import FindOptions
 from meshserial.net.tcp import parse_hostport
 from meshserial.proto.settings import Parity, SerialSettings, StopBits
 from meshserial.trust import parse_duration
@@ -68,14 +72,17 @@ def on_off(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r}: use on or off")
 
 
-def add_line_settings(parser: argparse.ArgumentParser, *, default_baud: int | None) -> None:
+def add_line_settings(
+    parser: argparse.ArgumentParser, *, default_baud: int | None, shown_default: int | None = None
+) -> None:
     group = parser.add_argument_group("line settings")
+    shown = shown_default or default_baud
     group.add_argument(
         "--baud",
         type=positive_int,
         default=default_baud,
         metavar="N",
-        help="baud rate" + (f" (default {default_baud})" if default_baud else ""),
+        help="baud rate" + (f" (default {shown})" if shown else ""),
     )
     group.add_argument(
         "--databits", type=int, choices=(5, 6, 7, 8), default=None, help="data bits (default 8)"
@@ -97,3 +104,63 @@ def line_settings(args: argparse.Namespace, *, always: bool) -> SerialSettings |
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"settings file (TOML; default: {config.CONFIG_FILE} in the config directory, if it exists); "
+        "flags and MESHSERIAL_* variables override it",
+    )
+
+
+def add_discovery_options(parser: argparse.ArgumentParser, *, timeout: bool) -> None:
+    """Where ``list`` and ``use NAME`` look: mDNS interfaces and a rendezvous."""
+    group = parser.add_argument_group("discovery")
+    group.add_argument(
+        "--interface",
+        action="append",
+        dest="interfaces",
+        metavar="NAME|GLOB",
+        help="look with mDNS on these interfaces only (repeatable; e.g. 'zt*', eth0; default: every "
+        "up, non-loopback, multicast interface)",
+    )
+    group.add_argument("--no-mdns", action="store_true", help="do not look with mDNS")
+    group.add_argument("--rendezvous", metavar="URL", help="also ask this rendezvous service")
+    group.add_argument(
+        "--rendezvous-token-file",
+        type=Path,
+        metavar="FILE",
+        help="bearer token for a rendezvous that protects reads (file mode 0600)",
+    )
+    if timeout:
+        group.add_argument(
+            "--timeout",
+            type=seconds,
+            metavar="S",
+            help=f"wait at most S seconds for answers (default {config.DEFAULT_TIMEOUT:g}; "
+            "usually done in under a second)",
+        )
+    add_config_option(parser)
+
+
+def find_options(args: argparse.Namespace) -> FindOptions:
+    """:class:`FindOptions` from the discovery flags, the environment and the config file."""
+    cli: dict[str, Any] = {
+        key: getattr(args, key, None)
+        for key in ("interfaces", "no_mdns", "rendezvous", "rendezvous_token_file", "timeout")
+    }
+    found = config.discovery_settings(cli, config.load(args.config))
+    if found.timeout <= 0:
+        raise UsageError("--timeout must be more than 0")
+    return FindOptions(
+        interfaces=found.interfaces,
+        mdns=found.mdns,
+        rendezvous=found.rendezvous,
+        rendezvous_token=None
+        if found.rendezvous_token_file is None
+        else config.read_token(found.rendezvous_token_file),
+        timeout=found.timeout,
+    )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
-from meshserial.cli.options import add_line_settings, hostport, line_settings, seconds
+from meshserial import config
+from meshserial.advertise import PublishConfig
+from meshserial.cli.options import add_config_option, add_line_settings, hostport, line_settings, seconds
 from meshserial.errors import UsageError
 from meshserial.net.secure import DEFAULT_KEEPALIVE, HANDSHAKE_TIMEOUT
 from meshserial.net.sharing import SCROLLBACK_BYTES
@@ -21,10 +24,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser("share", help=HELP, description=HELP, parents=[common])
     parser.add_argument(
         "devices",
-        nargs="+",
+        nargs="*",
         metavar="DEVICE[=NAME]",
         help="device path (/dev/ttyUSB0, /dev/serial/by-id/…) or sim:echo / sim:nmea, "
-        "optionally with a port name",
+        "optionally with a port name (or 'devices' in the config file)",
     )
     parser.add_argument("--name", help="port name when sharing one device (default: from the device)")
     parser.add_argument(
@@ -43,7 +46,27 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait", action="store_true", help="wait for a device that does not exist yet instead of failing"
     )
-    add_line_settings(parser, default_baud=9600)
+    add_line_settings(parser, default_baud=None, shown_default=config.DEFAULT_BAUD)
+    found = parser.add_argument_group("discovery")
+    found.add_argument(
+        "--interface",
+        action="append",
+        dest="interfaces",
+        metavar="NAME|GLOB",
+        help="advertise by mDNS on these interfaces only (repeatable; e.g. 'zt*', eth0; default: every up, "
+        "non-loopback, multicast interface, or loopback when --listen is on loopback)",
+    )
+    found.add_argument("--no-mdns", action="store_true", help="do not advertise by mDNS")
+    found.add_argument(
+        "--rendezvous", metavar="URL", help="register the ports with this rendezvous service (http[s]://…)"
+    )
+    found.add_argument(
+        "--rendezvous-token-file",
+        type=Path,
+        metavar="FILE",
+        help="bearer token the rendezvous wants for registering (file mode 0600)",
+    )
+    add_config_option(parser)
     session = parser.add_argument_group("sessions")
     session.add_argument(
         "--keepalive",
@@ -95,23 +118,38 @@ def parse_devices(items: list[str], name: str | None) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    cli = {
+        key: getattr(args, key)
+        for key in (
+            "devices", "listen", "rfc2217", "baud", "wait", "interfaces", "no_mdns", "rendezvous",
+            "rendezvous_token_file",
+        )
+    }  # fmt: skip
+    chosen = config.share_settings(cli, config.load(args.config))
     settings = line_settings(args, always=True)
     assert settings is not None
+    settings = settings.with_changes(baudrate=chosen.baud)
     devices = tuple(
         DeviceConfig(spec=spec, name=port_name, settings=settings)
-        for spec, port_name in parse_devices(args.devices, args.name)
+        for spec, port_name in parse_devices(list(chosen.devices), args.name)
     )
-    listen = args.listen
-    if listen is None and args.rfc2217 is None:
-        listen = ("0.0.0.0", DEFAULT_PORT)
-    config = ShareConfig(
+    token = None
+    if chosen.rendezvous_token_file is not None:
+        token = config.read_token(chosen.rendezvous_token_file)
+    share_config = ShareConfig(
         devices=devices,
-        listen=listen,
-        rfc2217=args.rfc2217,
-        wait_for_device=args.wait,
+        listen=chosen.listen,
+        rfc2217=chosen.rfc2217,
+        wait_for_device=chosen.wait,
         keepalive=args.keepalive,
         detach_timeout=args.detach_timeout,
         handshake_timeout=args.handshake_timeout,
         scrollback=args.scrollback_size,
+        publish=PublishConfig(
+            mdns=chosen.mdns,
+            interfaces=chosen.interfaces,
+            rendezvous=chosen.rendezvous,
+            rendezvous_token=token,
+        ),
     )
-    return run_share(config)
+    return run_share(share_config)

@@ -7,9 +7,18 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from meshserial.cli.options import add_line_settings, hostport, line_settings, on_off, seconds
+from meshserial.cli.options import (
+    add_discovery_options,
+    add_line_settings,
+    find_options,
+    hostport,
+    line_settings,
+    on_off,
+    seconds,
+)
 from meshserial.client import ConnectOptions, TrustOptions, UseOptions, parse_target, run_gateway, run_pty
 from meshserial.errors import UsageError
+from meshserial.finder import FindOptions
 from meshserial.net.link import LinkOptions
 from meshserial.net.secure import DEFAULT_KEEPALIVE
 
@@ -21,7 +30,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
         metavar="TARGET",
-        help="NAME@HOST[:PORT] (a meshserial server) or rfc2217://HOST:PORT (any RFC 2217 server)",
+        help="NAME (a port found by discovery: mDNS, then --rendezvous), NAME@HOST[:PORT] (a meshserial "
+        "server) or rfc2217://HOST:PORT (any RFC 2217 server)",
     )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--pty", action="store_true", help="create a local virtual serial port (PTY)")
@@ -80,6 +90,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="first replay the device output of the last DURATION (e.g. 30s, 2m) kept by the server",
     )
+    add_discovery_options(parser, timeout=False)
     parser.set_defaults(func=run)
 
 
@@ -97,6 +108,7 @@ def run(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
             reconnect=not args.no_reconnect,
             takeover=args.takeover,
             scrollback=args.scrollback,
+            find=find_options(args) if target.kind == "discover" else FindOptions(),
         ),
     )
     if args.link is not None and not args.pty:

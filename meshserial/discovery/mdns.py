@@ -33,7 +33,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from zeroconf import BadTypeInNameException, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf import BadTypeInNameException, IPVersion, NotRunningException, ServiceStateChange, Zeroconf
 from zeroconf._dns import DNSQuestion  # not re-exported for type checkers; stable since 0.3x
 from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
@@ -54,6 +54,7 @@ from meshserial.discovery.txt import (
     ServiceAd,
     build_txt,
     cut_utf8,
+    device_summary,
     merge,
     parse_service,
     printable,
@@ -64,7 +65,7 @@ from meshserial.errors import NetworkError, UsageError
 __all__ = [
     "DEVICE_KEYS", "MAX_TXT_STRING", "MAX_TXT_TOTAL", "SER2NET_TYPE", "SERVICE_TYPE", "STATES", "TXT_VERSION",
     "UNSET", "Advertiser", "BrowseEvent", "Browser", "Discovered", "Kind", "MalformedAdvert", "ServiceAd",
-    "browse", "build_txt", "merge", "parse_service", "probe", "txt_size",
+    "browse", "build_txt", "check_interface", "device_summary", "merge", "parse_service", "probe", "txt_size",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ _IP_MULTICAST_ALL = 49  # <linux/in.h>; not exported by the socket module
 # library's QU one: the answer is fast unless both effects hit the same record.
 _DNS_FLAGS_QUERY = 0x0000
 _DNS_TYPE_PTR = 12
+_DNS_TYPE_TXT = 16
 _DNS_CLASS_IN = 1
 
 
@@ -166,6 +168,26 @@ def _open_zeroconf(iface: Interface) -> AsyncZeroconf | None:
     return aiozc
 
 
+async def check_interface(iface: Interface) -> str | None:
+    """None when an mDNS responder can run on ``iface`` (for ``doctor``); otherwise why it cannot."""
+    if not iface.ipv4:
+        return "no IPv4 address"
+    if not iface.multicast and not iface.is_loopback:  # loopback carries multicast without the flag
+        return "the interface does not do multicast (no MULTICAST flag)"
+    try:
+        aiozc = AsyncZeroconf(interfaces=list(iface.ipv4), ip_version=IPVersion.V4Only)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return f"cannot open an mDNS socket: {exc}"
+    try:
+        _isolate(aiozc.zeroconf, iface.name)
+        await aiozc.zeroconf.async_wait_for_start(timeout=2.0)
+    except (OSError, RuntimeError, TimeoutError, NotRunningException) as exc:
+        return f"mDNS did not start: {exc or type(exc).__name__}"
+    finally:
+        await aiozc.async_close()
+    return None
+
+
 def _isolate(zc: Zeroconf, ifname: str) -> None:
     """Make the shared wildcard listening socket hear only ``ifname`` (Linux).
 
@@ -193,6 +215,35 @@ def _send_qm_query(zc: Zeroconf, types: list[str]) -> None:
         out = DNSOutgoing(_DNS_FLAGS_QUERY)
         out.add_question(DNSQuestion(type_, _DNS_TYPE_PTR, _DNS_CLASS_IN))
         zc.async_send(out)
+
+
+def _refresh_queued_answers(zc: Zeroconf, info: AsyncServiceInfo) -> None:
+    """Swap the TXT record of ``info`` into answers python-zeroconf has queued but not sent yet.
+
+    A responder holds back answers to records it multicast within the last second (RFC 6762
+    section 14) and aggregates others; the queued answers carry the records as they were when the
+    question arrived. Without this, an answer queued just before a TXT update goes out up to ~1.3 s
+    *after* the update with the old state, and every browser's cache (``list --watch``) keeps it
+    until the next change. The queues are internal to python-zeroconf: if they are not shaped as
+    expected nothing is touched.
+    """
+    fresh = info.dns_text()
+    key = fresh.key
+    for queue in (getattr(zc, "out_queue", None), getattr(zc, "out_delay_queue", None)):
+        for group in getattr(queue, "queue", ()):
+            answers = getattr(group, "answers", None)
+            if not isinstance(answers, dict):
+                continue
+            for record in list(answers):
+                extra = answers[record]
+                if isinstance(extra, set) and any(_is_txt(r, key) for r in extra):
+                    answers[record] = {r for r in extra if not _is_txt(r, key)} | {fresh}
+                if _is_txt(record, key):
+                    answers[fresh] = answers.pop(record)
+
+
+def _is_txt(record: object, key: str) -> bool:
+    return getattr(record, "type", None) == _DNS_TYPE_TXT and getattr(record, "key", None) == key
 
 
 def _label(text: str, limit: int = 63) -> str:
@@ -407,6 +458,7 @@ class Advertiser:
                 log.debug("advertised %s on %s", info.name, link.iface.name)
             else:
                 slot.info = info
+                _refresh_queued_answers(link.zc.zeroconf, info)
                 await (await link.zc.async_update_service(info))
         except BadTypeInNameException as exc:
             slot.info = None

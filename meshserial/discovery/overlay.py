@@ -15,6 +15,7 @@ which ones did the user ask for".
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import ipaddress
 import json
@@ -67,6 +68,7 @@ class Interface:
     overlay: OverlayKind | None = None
     network_id: str | None = None
     network_name: str | None = None
+    networks: tuple[str, ...] = ()  # the subnets of ``addresses`` (CIDR), where known
 
     @property
     def ipv4(self) -> tuple[str, ...]:
@@ -142,11 +144,16 @@ def list_interfaces(*, zerotier: bool = True) -> list[Interface]:
     interfaces: list[Interface] = []
     for adapter in ifaddr.get_adapters():
         addresses: list[str] = []
+        networks: list[str] = []
         for ip in adapter.ips:
             text = _format_ip(ip)
             if text is None or text in addresses:
                 continue
             addresses.append(text)
+            with contextlib.suppress(ValueError):
+                networks.append(
+                    str(ipaddress.ip_interface(f"{text.split('%')[0]}/{ip.network_prefix}").network)
+                )
         if not addresses:
             continue
         name = adapter.nice_name
@@ -161,6 +168,7 @@ def list_interfaces(*, zerotier: bool = True) -> list[Interface]:
                 is_up=bool(flags & _IFF_UP) if flags is not None else True,
                 multicast=bool(flags & _IFF_MULTICAST) if flags is not None else True,
                 overlay="zerotier" if is_zerotier_name(name) else None,
+                networks=tuple(networks),
             )
         )
     if zerotier:
@@ -327,3 +335,27 @@ def select_interfaces(
         names = ", ".join(sorted(i.name for i in interfaces)) or "none"
         raise UsageError(f"no interface matches {', '.join(map(repr, unmatched))} (available: {names})")
     return chosen
+
+
+def is_container_plumbing(name: str) -> bool:
+    """Interfaces that link containers and VMs on this host (``docker*``, ``veth*`` …), not networks."""
+    return any(fnmatch.fnmatchcase(name, p) for p in _DEFAULT_EXCLUDED)
+
+
+def address_rank(address: str, interfaces: list[Interface]) -> int:
+    """How to order an ``ip:port`` when connecting: 0 on a local LAN subnet, 1 on an overlay subnet
+    (ZeroTier), 2 anywhere else (routed, or unknown). Lower is tried first."""
+    host = address.rpartition(":")[0].removeprefix("[").removesuffix("]").split("%")[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return 2
+    best = 2
+    for iface in interfaces:
+        for net in iface.networks:
+            try:
+                if ip in ipaddress.ip_network(net):
+                    best = min(best, 1 if iface.overlay else 0)
+            except ValueError:
+                continue
+    return best

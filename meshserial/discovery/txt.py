@@ -102,6 +102,22 @@ def build_txt(ad: ServiceAd, *, host: str) -> dict[str, str]:
     return txt
 
 
+def device_summary(device: dict[str, str]) -> str:
+    """One line for humans: ``FTDI FT232R USB UART 0403:6001`` (``""`` when nothing is known)."""
+    parts: list[str] = []
+    name = device.get("product") or device.get("desc") or ""
+    mfr = device.get("mfr", "")
+    if mfr and not name.lower().startswith(mfr.lower()):
+        parts.append(mfr)
+    if name:
+        parts.append(name)
+    if device.get("vid") and device.get("pid"):
+        parts.append(f"{device['vid']}:{device['pid']}")
+    if device.get("serial"):
+        parts.append(f"#{device['serial']}")
+    return printable(" ".join(parts))
+
+
 class MalformedAdvert(Exception):
     """Internal: a TXT record from the network that we will not use (the message is the reason)."""
 

@@ -34,14 +34,14 @@ from pathlib import Path
 from aiohttp import web
 
 from meshserial import paths
-from meshserial.errors import ConfigError, KeyFileError, MeshserialError, NetworkError, PortBusy
+from meshserial.errors import ConfigError, KeyFileError, MeshserialError, NetworkError, PortBusy, UsageError
+from meshserial.keys import ID_HRP, parse_id
 from meshserial.proto import records
+from meshserial.rendezvous import DEFAULT_HOST, DEFAULT_PORT
 from meshserial.rendezvous.store import DeleteOutcome, PutOutcome, RecordStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7218
 DB_FILENAME = "rendezvous.sqlite3"
 MAX_BODY = records.MAX_ENVELOPE_SIZE
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
@@ -158,7 +158,7 @@ def read_token_file(path: Path) -> str:
 
 
 def read_allow_file(path: Path) -> frozenset[bytes]:
-    """Read server identities allowed to register: one base64url key per line, ``#`` comments."""
+    """Read server identities allowed to register: one per line, ``ms1…`` or base64url, ``#`` comments."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -168,9 +168,12 @@ def read_allow_file(path: Path) -> frozenset[bytes]:
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
-        if text.startswith("ms1"):
-            # TODO: accept the ms1… (Bech32m) form once meshserial.keys can decode it.
-            raise ConfigError(f"{path}:{number}: ms1… ids are not supported here yet; use the base64url form")
+        if text.lower().startswith(ID_HRP + "1"):
+            try:
+                ids.add(parse_id(text))
+            except UsageError as exc:
+                raise ConfigError(f"{path}:{number}: {exc}") from exc
+            continue
         try:
             ids.add(records.parse_server_id(text))
         except records.RecordError as exc:

@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshserial.errors import UsageError
-from meshserial.rendezvous.app import DEFAULT_HOST, DEFAULT_PORT, Settings, serve
+from meshserial.rendezvous import DEFAULT_HOST, DEFAULT_PORT
+
+if TYPE_CHECKING:
+    from meshserial.rendezvous.app import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-file",
         metavar="FILE",
         type=Path,
-        help="only these server ids may register (one base64url id per line, '#' comments)",
+        help="only these server ids may register (one id per line, ms1… or base64url, '#' comments)",
     )
 
 
@@ -62,6 +66,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Build :class:`Settings` from parsed arguments."""
+    from meshserial.rendezvous.app import Settings  # noqa: PLC0415 - aiohttp only when serving
+
     host, port = parse_listen(args.listen)
     return Settings(
         host=host,
@@ -72,7 +78,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+def _announce(addresses: list[tuple[str, int]]) -> None:
+    # On stdout, flushed: scripts and tests wait for this line (and learn the port of ':0').
+    where = ", ".join(f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}" for h, p in addresses)
+    print(f"rendezvous listening on {where}", flush=True)
+
+
 async def run_from_args(args: argparse.Namespace) -> int:
     """Serve until cancelled (the CLI cancels on SIGINT/SIGTERM); return the exit status."""
-    await serve(settings_from_args(args))
+    from meshserial.rendezvous.app import serve  # noqa: PLC0415 - aiohttp only when serving
+
+    await serve(settings_from_args(args), on_listening=_announce)
     return 0

@@ -351,6 +351,34 @@ class Result:
     notes: str = ""
 
 
+def combine(rounds: list[Result]) -> Result:
+    """One result per configuration from several rounds: the median of every number.
+
+    Rounds run the configurations in turn (round-robin), so a noisy moment on a shared machine hits
+    them all alike instead of one configuration's whole measurement.
+    """
+    if len(rounds) == 1:
+        return rounds[0]
+    med = statistics.median
+    last = rounds[-1]
+    return Result(
+        setup_link_ms=med(r.setup_link_ms for r in rounds),
+        setup_usable_ms=med(r.setup_usable_ms for r in rounds),
+        latency_us={
+            size: {k: med(r.latency_us[size][k] for r in rounds) for k in last.latency_us[size]}
+            for size in last.latency_us
+        },
+        throughput_MBps={k: med(r.throughput_MBps[k] for r in rounds) for k in last.throughput_MBps},
+        mb_moved=med(r.mb_moved for r in rounds),
+        cpu_s={k: med(r.cpu_s[k] for r in rounds) for k in last.cpu_s},
+        cpu_s_per_MB={k: med(r.cpu_s_per_MB[k] for r in rounds) for k in last.cpu_s_per_MB},
+        rss_kib={k: int(med(r.rss_kib[k] for r in rounds)) for k in last.rss_kib},
+        pids=last.pids,
+        stderr=last.stderr,
+        notes=last.notes,
+    )
+
+
 def _open_link(link: Path, deadline: float) -> int:
     while True:
         try:
@@ -588,9 +616,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mib", type=int, default=8, help="MiB per direction per transfer (8)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per transfer (120)")
     parser.add_argument("--only", action="append", metavar="CONFIG", help="run only this configuration")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every configuration this many times, in turn, and report the medians (1)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write all numbers as JSON")
     args = parser.parse_args(argv)
-    if args.iterations < 1 or args.warmup < 0 or args.mib < 1 or args.timeout <= 0:
+    if args.iterations < 1 or args.warmup < 0 or args.mib < 1 or args.timeout <= 0 or args.rounds < 1:
         parser.error("--iterations and --mib must be positive, --warmup not negative")
 
     versions = {
@@ -605,17 +639,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.mib} MiB per direction; MB = 10^6 bytes; set-up includes interpreter start-up"
     )
     configs = [c for c in _configs() if not args.only or c.key in args.only]
-    results: dict[str, Result] = {}
+    rounds: dict[str, list[Result]] = {}
     skipped: dict[str, str] = {}
-    for config in configs:
-        if config.missing is not None:
-            skipped[config.key] = config.missing
-            print(f"\n{config.key}: skipped: {config.missing}", flush=True)
-            continue
-        print(f"\n{config.key}: {config.notes}", flush=True)
-        started = time.monotonic()
-        results[config.key] = measure(config, args)
-        print(f"  done in {time.monotonic() - started:.1f} s", flush=True)
+    for number in range(1, args.rounds + 1):
+        for config in configs:
+            if config.missing is not None:
+                if number == 1:
+                    skipped[config.key] = config.missing
+                    print(f"\n{config.key}: skipped: {config.missing}", flush=True)
+                continue
+            label = f" (round {number}/{args.rounds})" if args.rounds > 1 else ""
+            print(f"\n{config.key}{label}: {config.notes}", flush=True)
+            started = time.monotonic()
+            rounds.setdefault(config.key, []).append(measure(config, args))
+            print(f"  done in {time.monotonic() - started:.1f} s", flush=True)
+    results = {key: combine(each) for key, each in rounds.items()}
     print()
     print(report(results, skipped))
     if args.json is not None:
@@ -624,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "versions": versions,
             "parameters": {
+                "rounds": args.rounds,
                 "iterations": args.iterations,
                 "warmup": args.warmup,
                 "mib_per_direction": args.mib,

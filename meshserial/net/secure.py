@@ -77,12 +77,24 @@ class SecureConnection(ReceiveBuffer):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "peer"
 
+    def buffer_updated(self, nbytes: int) -> None:
+        # The channel copies what it keeps (partial frames) and decrypts the rest straight out of the
+        # receive buffer, so no intermediate copy is needed here.
+        assert self._recv_view is not None
+        self.data_received(self._recv_view[:nbytes])  # type: ignore[arg-type]
+
     def data_received(self, data: bytes) -> None:
         if self._peer_closed:
             return
         self._last_rx = self._loop.time()
         try:
-            for event in self._channel.receive_data(data):
+            events = self._channel.receive_data(data)
+            stream = self.stream
+            if len(events) == 1 and type(events[0]) is ch.DataReceived and stream is not None:
+                # The data path: one read, one run of DATA records.
+                stream.data_received(events[0].data)
+                return
+            for event in events:
                 self.handle_event(event)
         except MeshserialError as exc:
             self.fail(exc)
@@ -159,10 +171,14 @@ class SecureConnection(ReceiveBuffer):
     def send_plain(self, data: bytes) -> None:
         # Records decrypted in the same read as the peer's CLOSE are still delivered; replies to them
         # have nowhere to go once the channel is closed.
-        if self.closing or self._channel.state is not ch.ChannelState.ESTABLISHED:
+        channel = self._channel
+        if self.closing or channel.state is not ch.ChannelState.ESTABLISHED:
             return
-        self._channel.send_data(data)
-        self.flush()
+        channel.send_data(data)
+        tcp = self.tcp
+        if tcp is not None:
+            self._last_tx = self._loop.time()
+            tcp.write(channel.data_to_send())
 
     def send_ack(self, offset: int) -> None:
         if not self.closing and self._channel.state is ch.ChannelState.ESTABLISHED:

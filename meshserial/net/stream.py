@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from meshserial.proto.resume import DEFAULT_LIMIT, ReceiveCounter, ReplayBuffer
@@ -21,6 +21,7 @@ from meshserial.proto.resume import DEFAULT_LIMIT, ReceiveCounter, ReplayBuffer
 log = logging.getLogger(__name__)
 
 ACK_DELAY = 0.05  # acknowledge small amounts of data at most this late
+ACK_EVERY = 256 * 1024  # and large amounts every this many bytes (a quarter of the default window)
 
 
 class Carrier(Protocol):
@@ -65,6 +66,9 @@ class StreamTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._stream.write(data if type(data) is bytes else bytes(data))
 
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(list_of_data))
+
     def close(self) -> None:
         self._stream.end()
 
@@ -105,7 +109,7 @@ class SessionStream:
     ) -> None:
         self.inner = inner
         self.replay = ReplayBuffer(replay_limit)
-        self.counter = ReceiveCounter()
+        self.counter = ReceiveCounter(every=ACK_EVERY)
         self.carrier: Carrier | None = None
         self.ended = False
         self.reading_paused = False
@@ -202,7 +206,9 @@ class SessionStream:
     def data_received(self, data: bytes) -> None:
         if self.ended:
             return
-        if self.counter.add(len(data)):
+        counter = self.counter
+        counter.received += len(data)
+        if counter.received - counter.acknowledged >= counter.every:
             self._send_ack()
         elif self._ack_timer is None:
             self._ack_timer = self._loop.call_later(ACK_DELAY, self._send_ack)

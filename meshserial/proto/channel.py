@@ -391,6 +391,8 @@ class SecureChannel:
         end = len(view)
         pos = 0
         pending: list[memoryview] = []  # consecutive DATA bodies, joined into one event
+        if self._state is ChannelState.ESTABLISHED and not buf:
+            pos = self._receive_records(view, events, pending)
         while pos < end:
             if buf:
                 # Complete the frame already started by an earlier call; copy only what it needs.
@@ -405,11 +407,11 @@ class SecureChannel:
                 pos += take
                 if len(buf) < total:
                     break
-                frame = bytes(buf[HEADER_LEN:])
+                frame: bytes | memoryview = bytes(buf[HEADER_LEN:])
                 buf.clear()
             else:
-                # Fast path: whole frames straight out of the caller's buffer. In states where the
-                # peer may not speak at all, even one byte is an error, so ask before reading.
+                # Whole frames straight out of the caller's buffer. In states where the peer may not
+                # speak at all, even one byte is an error, so ask before reading.
                 self._frame_limits()
                 if end - pos < HEADER_LEN:
                     buf += view[pos:end]
@@ -419,14 +421,46 @@ class SecureChannel:
                 if end - pos - HEADER_LEN < length:
                     buf += view[pos:end]
                     break
-                frame = bytes(view[pos + HEADER_LEN : pos + HEADER_LEN + length])
+                # A record is decrypted straight out of the caller's buffer (the decryption is the
+                # copy); handshake messages are kept as bytes.
+                frame = view[pos + HEADER_LEN : pos + HEADER_LEN + length]
                 pos += HEADER_LEN + length
             if self._state is ChannelState.ESTABLISHED:
-                self._handle_record(frame, events, pending)
+                recv = self._recv
+                assert recv is not None
+                self._handle_record(recv.decrypt_with_ad(b"", frame), events, pending)
             else:
-                self._handle_handshake(frame, events)
+                self._handle_handshake(bytes(frame), events)
         if pending:
             _flush_data(pending, events)
+
+    def _receive_records(
+        self, view: memoryview, events: list[ChannelEvent], pending: list[memoryview]
+    ) -> int:
+        """The data path: whole records at the start of ``view``, decrypted in place. Returns where it
+        stopped (an incomplete frame, or a record that changed the state) for the general loop."""
+        recv = self._recv
+        assert recv is not None
+        decrypt = recv.decrypt_with_ad
+        end = len(view)
+        pos = 0
+        while end - pos >= HEADER_LEN:
+            length = (view[pos] << 8) | view[pos + 1]
+            if not MIN_RECORD_FRAME <= length <= MAX_RECORD_FRAME:
+                self._check_length(length)  # raises with the full message
+            start = pos + HEADER_LEN
+            if end - start < length:
+                break
+            plaintext = decrypt(b"", view[start : start + length])
+            pos = start + length
+            if plaintext[0] == RecordType.DATA:
+                if len(plaintext) > 1:
+                    pending.append(memoryview(plaintext)[1:])
+                continue
+            self._handle_record(plaintext, events, pending)
+            if self._state is not ChannelState.ESTABLISHED:
+                break
+        return pos
 
     def _handle_handshake(self, message: bytes, events: list[ChannelEvent]) -> None:
         handshake = self._handshake
@@ -448,10 +482,9 @@ class SecureChannel:
                 events.append(PeerIdentified(remote_static=self._remote_static, payload=payload))
                 events.append(self._finish_handshake(handshake))
 
-    def _handle_record(self, frame: bytes, events: list[ChannelEvent], pending: list[memoryview]) -> None:
+    def _handle_record(self, plaintext: bytes, events: list[ChannelEvent], pending: list[memoryview]) -> None:
         recv = self._recv
         assert recv is not None
-        plaintext = recv.decrypt_with_ad(b"", frame)
         record_type = plaintext[0]
         if record_type == RecordType.DATA:
             if len(plaintext) > 1:
@@ -527,9 +560,11 @@ class SecureChannel:
     def send_data(self, data: bytes | bytearray | memoryview) -> None:
         """Queue application bytes as DATA records of at most :data:`MAX_RECORD_BODY` bytes each."""
         self._require_sendable()
+        if 0 < len(data) <= MAX_RECORD_BODY:
+            self._send_record(_DATA + data)  # the usual case: one record, one copy
+            return
         view = memoryview(data)
         for start in range(0, len(view), MAX_RECORD_BODY):
-            # bytes + memoryview slice is the one copy per record (pynacl wants bytes).
             self._send_record(_DATA + view[start : start + MAX_RECORD_BODY])
 
     def send_control(self, message: bytes) -> None:

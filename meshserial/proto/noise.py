@@ -67,8 +67,19 @@ MAX_NONCE = 2**64 - 1  # §5.1: this nonce value is reserved (it is the Rekey() 
 
 _nonce = struct.Struct("<4xQ").pack  # §12.3: 32 bits of zeros, then the 64-bit counter little-endian.
 _Aead = Callable[[bytes, "bytes | None", bytes, bytes], bytes]
+_DecryptAny = Callable[["bytes | memoryview", "bytes | None", bytes, bytes], bytes]
+
+
+def _wrapped_decrypt(ciphertext: bytes | memoryview, ad: bytes | None, nonce: bytes, key: bytes) -> bytes:
+    """PyNaCl's wrapper wants bytes; the fast path below reads any buffer."""
+    plaintext: bytes = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
+        bytes(ciphertext), ad, nonce, key
+    )
+    return plaintext
+
+
 _aead_encrypt: _Aead = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt
-_aead_decrypt: _Aead = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt
+_aead_decrypt: _DecryptAny = _wrapped_decrypt
 
 try:
     # PyNaCl's public wrappers validate every argument with eagerly formatted messages, which costs
@@ -98,7 +109,7 @@ try:
             raise nacl.exceptions.CryptoError("encryption failed")
         return _ffi.buffer(out, size)[:]  # type: ignore[no-any-return]
 
-    def _fast_decrypt(ciphertext: bytes, ad: bytes | None, nonce: bytes, key: bytes) -> bytes:
+    def _fast_decrypt(ciphertext: bytes | memoryview, ad: bytes | None, nonce: bytes, key: bytes) -> bytes:
         size = len(ciphertext) - TAGLEN
         out = _alloc("unsigned char[]", max(size, 1))
         rc = _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
@@ -216,18 +227,18 @@ class CipherState:
         self.n = n + 1
         return ciphertext
 
-    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
         """DecryptWithAd(ad, ciphertext); increments the nonce only on success (§5.1)."""
         key = self._k
         if key is None:
-            return ciphertext
+            return bytes(ciphertext)
         n = self.n
         if n >= MAX_NONCE:
             raise ProtocolError("peer exhausted the nonce space")
         if len(ciphertext) < TAGLEN:
             raise ProtocolError("ciphertext shorter than the authentication tag")
         try:
-            plaintext: bytes = _aead_decrypt(ciphertext, ad or None, _nonce(n), key)
+            plaintext = _aead_decrypt(ciphertext, ad or None, _nonce(n), key)
         except nacl.exceptions.CryptoError as exc:
             raise ProtocolError("decryption failed: the message was tampered with or misordered") from exc
         self.n = n + 1

@@ -17,7 +17,7 @@ import asyncio
 import logging
 
 from meshserial.errors import ConnectionLost, PortClosed, ProtocolError
-from meshserial.net.logonce import LogOnce
+from meshserial.logonce import LogOnce
 from meshserial.net.tcp import ReceiveBuffer, connect, format_hostport, tune_socket
 from meshserial.ports.base import Capabilities, ModemStateChanged, Port, PortListener, SettingsChanged
 from meshserial.proto import rfc2217

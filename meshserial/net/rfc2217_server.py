@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from meshserial.errors import ProtocolError, Refused
-from meshserial.net.logonce import LogOnce
+from meshserial.logonce import LogOnce
 from meshserial.net.sharing import Mode, SharedPort
 from meshserial.net.tcp import ReceiveBuffer, tune_socket
 from meshserial.ports.base import ModemStateChanged, PeerClosed, PeerOpened, PortEvent

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from meshserial.errors import ConnectionLost, HandshakeError, MeshserialError, ProtocolError, Refused
 from meshserial.keys import Identity, verify_handshake_payload
-from meshserial.net.logonce import LogOnce
+from meshserial.logonce import LogOnce
 from meshserial.net.stream import SessionStream
 from meshserial.net.tcp import ReceiveBuffer, tune_socket
 from meshserial.proto import channel as ch

@@ -24,6 +24,7 @@ from meshserial.discovery import mdns
 from meshserial.discovery.mdns import Discovered, ServiceAd
 from meshserial.discovery.overlay import loopback_interface
 from meshserial.errors import UsageError
+from meshserial.logonce import LogOnce
 from tests.netns import Netns, avahi_unavailable, netns_unavailable, start_avahi
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,7 +150,8 @@ def test_merge_unions_addresses_and_links() -> None:
 
 
 def test_bad_adverts_logged_once_per_sender_and_reason(caplog: pytest.LogCaptureFixture) -> None:
-    once = mdns._LogOnce()
+    once = LogOnce(logging.getLogger("meshserial.discovery.mdns"), level=logging.INFO).warning
+    # The Browser's own instance is built the same way (see Browser.__init__).
     with caplog.at_level(logging.INFO, logger="meshserial.discovery.mdns"):
         for _ in range(3):
             once("evil.local.", "oversized TXT record")

@@ -9,6 +9,7 @@ import pytest
 
 from meshserial.advertise import PublishConfig, Publisher, describe, record_device
 from meshserial.discovery import mdns
+from meshserial.discovery import zc as zc_plumbing
 from meshserial.discovery.overlay import Interface, loopback_interface
 from meshserial.keys import Identity
 from meshserial.net.sharing import Mode, SharedPort
@@ -198,7 +199,7 @@ async def test_queued_answers_get_the_updated_txt() -> None:
         old, new = info("free"), info("in-use")
         zc.out_delay_queue.queue.append(AnswerGroup(0, 0, {old.dns_pointer(): {old.dns_text()}}))
         zc.out_queue.queue.append(AnswerGroup(0, 0, {old.dns_text(): set()}))
-        mdns._refresh_queued_answers(zc, new)
+        zc_plumbing.refresh_queued_answers(zc, new)
         (delayed,) = zc.out_delay_queue.queue[0].answers.values()
         assert [r.text for r in delayed] == [new.dns_text().text]  # type: ignore[attr-defined]
         assert [r.text for r in zc.out_queue.queue[0].answers] == [new.dns_text().text]  # type: ignore[attr-defined]

@@ -88,10 +88,16 @@ class SecureConnection(ReceiveBuffer):
             return
         self._last_rx = self._loop.time()
         try:
-            events = self._channel.receive_data(data)
+            result = self._channel.receive_fast(data)
             stream = self.stream
+            if isinstance(result, bytes):
+                if stream is None:
+                    raise ProtocolError("data before the session was accepted")
+                stream.data_received(result)  # the data path: one read, one DATA record
+                return
+            events = result
             if len(events) == 1 and type(events[0]) is ch.DataReceived and stream is not None:
-                # The data path: one read, one run of DATA records.
+                # One read, one run of DATA records.
                 stream.data_received(events[0].data)
                 return
             for event in events:
@@ -174,11 +180,11 @@ class SecureConnection(ReceiveBuffer):
         channel = self._channel
         if self.closing or channel.state is not ch.ChannelState.ESTABLISHED:
             return
-        channel.send_data(data)
+        wire = channel.seal_data(data)
         tcp = self.tcp
         if tcp is not None:
             self._last_tx = self._loop.time()
-            tcp.write(channel.data_to_send())
+            tcp.write(wire)
 
     def send_ack(self, offset: int) -> None:
         if not self.closing and self._channel.state is ch.ChannelState.ESTABLISHED:

@@ -352,6 +352,34 @@ class SecureChannel:
             raise
         return events
 
+    def receive_fast(self, data: bytes | memoryview) -> bytes | list[ChannelEvent]:
+        """:meth:`receive_data` for the data path: when ``data`` is exactly one DATA record and nothing
+        is buffered, its payload is returned as bytes; in every other case the events, exactly as
+        :meth:`receive_data` would return them."""
+        length = len(data) - HEADER_LEN
+        if (
+            self._rbuf
+            or self._state is not ChannelState.ESTABLISHED
+            or not MIN_RECORD_FRAME <= length <= MAX_RECORD_FRAME
+            or (data[0] << 8) | data[1] != length
+        ):
+            return self.receive_data(data)
+        recv = self._recv
+        assert recv is not None
+        try:
+            plaintext = recv.decrypt_with_ad(b"", data[HEADER_LEN:])
+            if plaintext[0] == RecordType.DATA and len(plaintext) > 1:
+                return plaintext[1:]
+            events: list[ChannelEvent] = []
+            pending: list[memoryview] = []
+            self._handle_record(plaintext, events, pending)
+            if pending:
+                _flush_data(pending, events)
+        except ProtocolError as error:
+            self._fail(error)
+            raise
+        return events
+
     def eof_received(self) -> None:
         """The peer closed TCP. Clean only after its CLOSE; otherwise the stream was truncated."""
         self._check_usable()
@@ -566,6 +594,29 @@ class SecureChannel:
         view = memoryview(data)
         for start in range(0, len(view), MAX_RECORD_BODY):
             self._send_record(_DATA + view[start : start + MAX_RECORD_BODY])
+
+    def seal_data(self, data: bytes) -> bytes:
+        """The data path: ``send_data(data)`` then ``data_to_send()`` in one call.
+
+        Nothing else is queued, so the usual small write becomes one DATA record built and returned
+        directly; any other situation (queued output, a large write, a rekey due) takes the general way.
+        """
+        if (
+            self._out
+            or not 0 < len(data) <= MAX_RECORD_BODY
+            or self._state is not ChannelState.ESTABLISHED
+            or self._close_sent
+            or self._records_since_rekey >= self._rekey_after_records
+            or self._bytes_since_rekey >= self._rekey_after_bytes
+        ):
+            self.send_data(data)
+            return self.data_to_send()
+        send = self._send
+        assert send is not None
+        ciphertext = send.encrypt_with_ad(b"", _DATA + data)
+        self._records_since_rekey += 1
+        self._bytes_since_rekey += len(data) + 1
+        return _LENGTH(len(ciphertext)) + ciphertext
 
     def send_control(self, message: bytes) -> None:
         """Queue one CTRL record (JSON bytes by convention, at most :data:`MAX_RECORD_BODY` bytes)."""

@@ -736,3 +736,36 @@ def test_channel_imports_no_io() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_seal_data_is_send_data_plus_data_to_send() -> None:
+    """The one-call data path produces exactly what the general path would."""
+    client, server = handshake()
+    twin_client, twin_server = handshake()
+    for payload in (b"x", bytes(range(256)), b"y" * MAX_RECORD_BODY, b"z" * (MAX_RECORD_BODY + 1)):
+        wire = client.seal_data(payload)
+        assert server.receive_data(wire) == [DataReceived(data=payload)]
+        twin_client.send_data(payload)
+        assert twin_server.receive_data(twin_client.data_to_send()) == [DataReceived(data=payload)]
+    client.send_control(b"{}")  # queued output goes out first, in order
+    wire = client.seal_data(b"after")
+    assert server.receive_data(wire) == [ControlReceived(message=b"{}"), DataReceived(data=b"after")]
+
+
+def test_receive_fast_matches_receive_data() -> None:
+    """The data-path receive gives the payload of a lone DATA record and events for anything else."""
+    client, server = handshake()
+    client.send_data(b"one")
+    assert server.receive_fast(client.data_to_send()) == b"one"
+    client.send_control(b"{}")
+    assert server.receive_fast(client.data_to_send()) == [ControlReceived(message=b"{}")]
+    client.send_data(b"a")
+    client.send_data(b"b")
+    assert server.receive_fast(client.data_to_send()) == [DataReceived(data=b"ab")]
+    client.send_data(b"tampered")
+    wire = bytearray(client.data_to_send())
+    wire[-1] ^= 1
+    with pytest.raises(ProtocolError):
+        server.receive_fast(bytes(wire))
+    with pytest.raises(ProtocolError):  # the first failure is terminal
+        server.receive_fast(b"")

@@ -241,23 +241,30 @@ def share_settings(
         rfc2217=rfc2217,
         baud=baud,
         wait=bool(cli.get("wait")) or bool(f.get("wait", False)),
-        interfaces=pick(
+        **_discovery_fields(cli, env, f),
+    )
+
+
+def _discovery_fields(cli: Mapping[str, Any], env: Mapping[str, str], f: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings ``share`` (where to announce) and ``list``/``use`` (where to look) have in common."""
+    return {
+        "interfaces": pick(
             tuple(cli.get("interfaces") or ()) or None,
             _env_list(env, "MESHSERIAL_INTERFACES"),
             f.get("interfaces"),
             default=(),
         ),
-        mdns=pick(
+        "mdns": pick(
             False if cli.get("no_mdns") else None,
             _env_bool(env, "MESHSERIAL_MDNS"),
             f.get("mdns"),
             default=True,
         ),
-        rendezvous=check_url(
+        "rendezvous": check_url(
             pick(cli.get("rendezvous"), _env(env, "MESHSERIAL_RENDEZVOUS"), f.get("rendezvous"), default=None)
         ),
-        rendezvous_token_file=_token_path(cli, env, f),
-    )
+        "rendezvous_token_file": _token_path(cli, env, f),
+    }
 
 
 def discovery_settings(
@@ -270,22 +277,7 @@ def discovery_settings(
     if not 0 < timeout <= 3600:
         raise ConfigError(f"{_where(file, 'discovery', 'timeout')} must be between 0 and 3600 seconds")
     return DiscoverySettings(
-        interfaces=pick(
-            tuple(cli.get("interfaces") or ()) or None,
-            _env_list(env, "MESHSERIAL_INTERFACES"),
-            f.get("interfaces"),
-            default=(),
-        ),
-        mdns=pick(
-            False if cli.get("no_mdns") else None,
-            _env_bool(env, "MESHSERIAL_MDNS"),
-            f.get("mdns"),
-            default=True,
-        ),
-        rendezvous=check_url(
-            pick(cli.get("rendezvous"), _env(env, "MESHSERIAL_RENDEZVOUS"), f.get("rendezvous"), default=None)
-        ),
-        rendezvous_token_file=_token_path(cli, env, f),
+        **_discovery_fields(cli, env, f),
         timeout=timeout,
     )
 

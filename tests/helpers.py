@@ -206,37 +206,76 @@ def write_all(fd: int, data: bytes, timeout: float = 10.0) -> None:
         view = view[n:]
 
 
+class Pump:
+    """Moves two blobs through two non-blocking fds in a thread, counting progress, so that a test
+    can act (kill a connection, cut a link) in the middle of a transfer."""
+
+    def __init__(
+        self,
+        fd_a: int,
+        fd_b: int,
+        a_to_b: bytes,
+        b_to_a: bytes,
+        *,
+        chunk: int = 65536,
+        timeout: float = 120.0,
+    ) -> None:
+        self.result: tuple[bytes, bytes] | None = None
+        self.error: BaseException | None = None
+        self.progress = 0
+        self._fds = (fd_a, fd_b)
+        self._out = {fd_a: memoryview(a_to_b), fd_b: memoryview(b_to_a)}
+        self._want = {fd_b: len(a_to_b), fd_a: len(b_to_a)}
+        self._got: dict[int, bytearray] = {fd_a: bytearray(), fd_b: bytearray()}
+        self._chunk = chunk
+        self._deadline = time.monotonic() + timeout
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        out, want, got = self._out, self._want, self._got
+        fd_a, fd_b = self._fds
+        try:
+            while any(out.values()) or any(len(got[fd]) < want[fd] for fd in got):
+                if time.monotonic() > self._deadline:
+                    raise AssertionError(
+                        f"transfer incomplete: b got {len(got[fd_b])}/{want[fd_b]}, "
+                        f"a got {len(got[fd_a])}/{want[fd_a]}"
+                    )
+                readers = [fd for fd in got if len(got[fd]) < want[fd]]
+                writers = [fd for fd in out if out[fd]]
+                r, w, _ = select.select(readers, writers, [], 0.5)
+                for fd in r:
+                    try:
+                        got[fd] += os.read(fd, 65536)
+                    except BlockingIOError:
+                        pass
+                for fd in w:
+                    try:
+                        n = os.write(fd, out[fd][: self._chunk])
+                    except BlockingIOError:
+                        continue
+                    out[fd] = out[fd][n:]
+                self.progress = len(got[fd_a]) + len(got[fd_b])
+            self.result = (bytes(got[fd_b]), bytes(got[fd_a]))
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    def join(self, timeout: float = 150.0) -> tuple[bytes, bytes]:
+        """Wait for the end; return what b received and what a received."""
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None, "transfer thread did not finish"
+        return self.result
+
+
 def pump_both(
     fd_a: int, fd_b: int, a_to_b: bytes, b_to_a: bytes, timeout: float = 60.0
 ) -> tuple[bytes, bytes]:
     """Write ``a_to_b`` into fd_a and ``b_to_a`` into fd_b while reading both ends; return what each
     side received (b's input, a's input). Both fds must be non-blocking."""
-    deadline = time.monotonic() + timeout
-    out = {fd_a: memoryview(a_to_b), fd_b: memoryview(b_to_a)}
-    want = {fd_b: len(a_to_b), fd_a: len(b_to_a)}
-    got: dict[int, bytearray] = {fd_a: bytearray(), fd_b: bytearray()}
-    while any(out[fd] for fd in out) or any(len(got[fd]) < want[fd] for fd in got):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(
-                f"transfer incomplete: a got {len(got[fd_a])}/{want[fd_a]}, "
-                f"b got {len(got[fd_b])}/{want[fd_b]}"
-            )
-        readers = [fd for fd in got if len(got[fd]) < want[fd]]
-        writers = [fd for fd in out if out[fd]]
-        r, w, _ = select.select(readers, writers, [], min(left, 0.5))
-        for fd in r:
-            try:
-                got[fd] += os.read(fd, 65536)
-            except BlockingIOError:
-                pass
-        for fd in w:
-            try:
-                n = os.write(fd, out[fd][:65536])
-            except BlockingIOError:
-                continue
-            out[fd] = out[fd][n:]
-    return bytes(got[fd_b]), bytes(got[fd_a])
+    return Pump(fd_a, fd_b, a_to_b, b_to_a, timeout=timeout).join(timeout + 10)
 
 
 @contextlib.contextmanager

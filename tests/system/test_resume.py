@@ -10,8 +10,6 @@ import os
 import random
 import shutil
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from tests.helpers import (
     DevicePty,
     Proc,
+    Pump,
     free_tcp_port,
     meshserial,
     ok,
@@ -30,60 +29,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.system
-
-
-class Pump:
-    """Moves two blobs through two non-blocking fds in a thread, counting progress."""
-
-    def __init__(self, fd_a: int, fd_b: int, a_to_b: bytes, b_to_a: bytes) -> None:
-        self.result: tuple[bytes, bytes] | None = None
-        self.error: BaseException | None = None
-        self.progress = 0
-        self._args = (fd_a, fd_b, a_to_b, b_to_a)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import select
-
-        fd_a, fd_b, a_to_b, b_to_a = self._args
-        out = {fd_a: memoryview(a_to_b), fd_b: memoryview(b_to_a)}
-        want = {fd_b: len(a_to_b), fd_a: len(b_to_a)}
-        got: dict[int, bytearray] = {fd_a: bytearray(), fd_b: bytearray()}
-        self.got = got
-        self.out = out
-        deadline = time.monotonic() + 120
-        try:
-            while any(out[fd] for fd in out) or any(len(got[fd]) < want[fd] for fd in got):
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"incomplete: {len(got[fd_b])}/{want[fd_b]}, {len(got[fd_a])}/{want[fd_a]}"
-                    )
-                readers = [fd for fd in got if len(got[fd]) < want[fd]]
-                writers = [fd for fd in out if out[fd]]
-                r, w, _ = select.select(readers, writers, [], 0.5)
-                for fd in r:
-                    try:
-                        got[fd] += os.read(fd, 65536)
-                    except BlockingIOError:
-                        pass
-                for fd in w:
-                    try:
-                        n = os.write(fd, out[fd][:4096])
-                    except BlockingIOError:
-                        continue
-                    out[fd] = out[fd][n:]
-                self.progress = len(got[fd_a]) + len(got[fd_b])
-            self.result = (bytes(got[fd_b]), bytes(got[fd_a]))
-        except BaseException as exc:  # reported by join()
-            self.error = exc
-
-    def join(self, timeout: float = 150) -> tuple[bytes, bytes]:
-        self._thread.join(timeout)
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None, "transfer thread did not finish"
-        return self.result
 
 
 @pytest.fixture
@@ -98,6 +43,13 @@ def pair(tmp_path: Path, device: DevicePty) -> Iterator[tuple[dict[str, str], di
 def _share(env: dict[str, str], device: DevicePty, port: int) -> Proc:
     proc = meshserial("share", f"{device.path}=gps", "--listen", f"127.0.0.1:{port}", "-v", env=env)
     proc.wait_line(r"sharing gps on")
+    return proc
+
+
+def _use_pty(env: dict[str, str], port: int, link: Path, *extra: str) -> Proc:
+    """``use gps@127.0.0.1:PORT --pty`` once its PTY is up."""
+    proc = meshserial("use", f"gps@127.0.0.1:{port}", "--pty", "--link", str(link), *extra, env=env)
+    proc.wait_line(r"/dev/pts/\d+")
     return proc
 
 
@@ -121,16 +73,13 @@ def test_killed_connection_mid_transfer_loses_nothing(
     server_env, client_env, port = pair
     server = _share(server_env, device, port)
     link = tmp_path / "ttyR"
-    client = meshserial(
-        "use", f"gps@127.0.0.1:{port}", "--pty", "--link", str(link), "--trust-new", "-v", env=client_env
-    )
+    client = _use_pty(client_env, port, link, "--trust-new", "-v")
     try:
-        client.wait_line(r"/dev/pts/\d+")
         fd = _open_app(link)
         try:
             up = random.Random(1).randbytes(2 << 20)
             down = random.Random(2).randbytes(2 << 20)
-            pump = Pump(fd, device.master, up, down)
+            pump = Pump(fd, device.master, up, down, chunk=4096)
             wait_for(lambda: pump.progress > len(up) // 2 or pump.error is not None, timeout=60)
             killed = subprocess.run(
                 [ss, "-K", "dst", "127.0.0.1", "dport", "=", str(port)],
@@ -161,19 +110,8 @@ def test_server_restart_new_session_flows_again(
     server_env, client_env, port = pair
     server = _share(server_env, device, port)
     link = tmp_path / "ttyR"
-    client = meshserial(
-        "use",
-        f"gps@127.0.0.1:{port}",
-        "--pty",
-        "--link",
-        str(link),
-        "--trust-new",
-        "--baud",
-        "57600",
-        env=client_env,
-    )
+    client = _use_pty(client_env, port, link, "--trust-new", "--baud", "57600")
     try:
-        client.wait_line(r"/dev/pts/\d+")
         fd = _open_app(link)
         try:
             write_all(fd, b"one")
@@ -203,29 +141,10 @@ def test_scrollback_is_replayed_on_attach(
     server = _share(server_env, device, port)
     try:
         # A watcher-less port still keeps recent output.
-        first = meshserial(
-            "use",
-            f"gps@127.0.0.1:{port}",
-            "--pty",
-            "--link",
-            str(tmp_path / "t1"),
-            "--trust-new",
-            env=client_env,
-        )
-        first.wait_line(r"/dev/pts/\d+")
+        first = _use_pty(client_env, port, tmp_path / "t1", "--trust-new")
         write_all(device.master, b"$GPGGA,old*00\r\n")
         first.stop()
-        client = meshserial(
-            "use",
-            f"gps@127.0.0.1:{port}",
-            "--pty",
-            "--link",
-            str(tmp_path / "t2"),
-            "--scrollback",
-            "30s",
-            env=client_env,
-        )
-        client.wait_line(r"/dev/pts/\d+")
+        client = _use_pty(client_env, port, tmp_path / "t2", "--scrollback", "30s")
         fd = _open_app(tmp_path / "t2")
         try:
             assert b"$GPGGA,old*00" in read_exact(fd, 15)

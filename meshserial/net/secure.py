@@ -95,12 +95,7 @@ class SecureConnection(ReceiveBuffer):
                     raise ProtocolError("data before the session was accepted")
                 stream.data_received(result)  # the data path: one read, one DATA record
                 return
-            events = result
-            if len(events) == 1 and type(events[0]) is ch.DataReceived and stream is not None:
-                # One read, one run of DATA records.
-                stream.data_received(events[0].data)
-                return
-            for event in events:
+            for event in result:
                 self.handle_event(event)
         except MeshserialError as exc:
             self.fail(exc)

@@ -206,9 +206,7 @@ class SessionStream:
     def data_received(self, data: bytes) -> None:
         if self.ended:
             return
-        counter = self.counter
-        counter.received += len(data)
-        if counter.received - counter.acknowledged >= counter.every:
+        if self.counter.add(len(data)):
             self._send_ack()
         elif self._ack_timer is None:
             self._ack_timer = self._loop.call_later(ACK_DELAY, self._send_ack)

@@ -53,10 +53,14 @@ class SessionPort(Port):
 
     def use(self, remote: RemotePort, *, reapply: bool) -> None:
         """Switch to ``remote`` (a new session); re-send the settings and lines the application chose."""
-        self._remote = remote
+        old, self._remote = self._remote, remote
+        if old is not None and old is not remote:
+            old.bind(_DISCARD)  # the replaced session's last callbacks (its end) go nowhere
+        # Every byte from the application passes here: hand it to the remote port directly.
+        self.write = remote.write  # type: ignore[method-assign]
         if self._listener is not None:
             # Until the local side starts, the remote port keeps what arrives (early data).
-            remote.bind(_Relay(self, remote))
+            remote.bind(self._listener)
         if self._reading_paused:
             remote.pause_reading()
         if reapply:
@@ -73,7 +77,7 @@ class SessionPort(Port):
             self.use(self._remote, reapply=False)
 
     def write(self, data: bytes) -> None:
-        self.remote.write(data)
+        self.remote.write(data)  # replaced by the remote port's own write once one is in use
 
     def pause_reading(self) -> None:
         self._reading_paused = True
@@ -118,35 +122,26 @@ class SessionPort(Port):
             await self._remote.aclose()
 
 
-class _Relay:
-    """Forwards one RemotePort's callbacks to the SessionPort's listener while it is the current one."""
-
-    def __init__(self, owner: SessionPort, remote: RemotePort) -> None:
-        self._owner = owner
-        self._remote = remote
-
-    def _current(self) -> PortListener | None:
-        return self._owner._listener if self._owner._remote is self._remote else None
+class _Discard:
+    """The listener of a remote port whose session has been replaced."""
 
     def port_data(self, data: bytes) -> None:
-        if (listener := self._current()) is not None:
-            listener.port_data(data)
+        pass
 
     def port_event(self, event: PortEvent) -> None:
-        if (listener := self._current()) is not None:
-            listener.port_event(event)
+        pass
 
     def port_pause_writing(self) -> None:
-        if (listener := self._current()) is not None:
-            listener.port_pause_writing()
+        pass
 
     def port_resume_writing(self) -> None:
-        if (listener := self._current()) is not None:
-            listener.port_resume_writing()
+        pass
 
     def port_closed(self, exc: BaseException | None) -> None:
-        if (listener := self._current()) is not None:
-            listener.port_closed(exc)
+        pass
+
+
+_DISCARD = _Discard()
 
 
 class ResilientClient:

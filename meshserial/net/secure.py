@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -39,6 +40,10 @@ HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_KEEPALIVE = 9.0
 MAX_PENDING_PER_IP = 16
 MAX_PENDING_TOTAL = 256
+
+# Traffic timestamps for the keepalive, taken on every record: the clock asyncio's default loop reads,
+# without the method call around it. ``_keepalive_tick`` compares them with ``loop.time()``.
+_now = time.monotonic
 
 
 class SecureConnection(ReceiveBuffer):
@@ -65,7 +70,7 @@ class SecureConnection(ReceiveBuffer):
         self._peer_closed = False
         self._keepalive = keepalive
         self._keepalive_timer: asyncio.TimerHandle | None = None
-        self._last_rx = self._loop.time()
+        self._last_rx = _now()
         self._last_tx = self._last_rx
 
     # ---- asyncio.Protocol --------------------------------------------------------------------------
@@ -78,29 +83,36 @@ class SecureConnection(ReceiveBuffer):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "peer"
 
     def buffer_updated(self, nbytes: int) -> None:
-        # The channel copies what it keeps (partial frames) and decrypts the rest straight out of the
-        # receive buffer, so no intermediate copy is needed here.
-        assert self._recv_view is not None
-        self.data_received(self._recv_view[:nbytes])  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:
         if self._peer_closed:
             return
-        self._last_rx = self._loop.time()
+        self._last_rx = _now()
+        assert self._recv_view is not None
         try:
-            result = self._channel.receive_fast(data)
-            stream = self.stream
-            if isinstance(result, bytes):
+            # The channel copies what it keeps (partial frames) and decrypts the rest straight out of
+            # the receive buffer.
+            result = self._channel.receive_fast(self._recv_view[:nbytes])
+            if type(result) is bytes:
+                # The data path: one read, one DATA record.
+                stream = self.stream
                 if stream is None:
                     raise ProtocolError("data before the session was accepted")
-                stream.data_received(result)  # the data path: one read, one DATA record
+                stream.data_received(result)
                 return
+            assert isinstance(result, list)
             for event in result:
                 self.handle_event(event)
         except MeshserialError as exc:
             self.fail(exc)
             return
         self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes that did not arrive through the receive buffer (tools, tests): same handling."""
+        buffer = self.get_buffer(len(data))
+        for start in range(0, len(data), len(buffer)):
+            chunk = data[start : start + len(buffer)]
+            buffer[: len(chunk)] = chunk
+            self.buffer_updated(len(chunk))
 
     def eof_received(self) -> bool | None:
         return None  # connection_lost follows; it decides between "closed" and "lost"
@@ -170,15 +182,17 @@ class SecureConnection(ReceiveBuffer):
     # ---- Carrier (used by SessionStream) ---------------------------------------------------------
 
     def send_plain(self, data: bytes) -> None:
-        # Records decrypted in the same read as the peer's CLOSE are still delivered; replies to them
-        # have nowhere to go once the channel is closed.
-        channel = self._channel
-        if self.closing or channel.state is not ch.ChannelState.ESTABLISHED:
+        if self.closing:
             return
-        wire = channel.seal_data(data)
+        try:
+            wire = self._channel.seal_data(data)
+        except MeshserialError:
+            # Records decrypted in the same read as the peer's CLOSE are still delivered; replies to
+            # them have nowhere to go once the channel is closed (or has failed).
+            return
         tcp = self.tcp
         if tcp is not None:
-            self._last_tx = self._loop.time()
+            self._last_tx = _now()
             tcp.write(wire)
 
     def send_ack(self, offset: int) -> None:
@@ -235,7 +249,7 @@ class SecureConnection(ReceiveBuffer):
     def flush(self) -> None:
         out = self._channel.data_to_send()
         if out and self.tcp is not None and not self.tcp.is_closing():
-            self._last_tx = self._loop.time()
+            self._last_tx = _now()
             self.tcp.write(out)
 
     def carry(self, stream: SessionStream, peer_received: int) -> int:

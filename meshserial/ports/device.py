@@ -56,6 +56,8 @@ MODEM_POLL_INTERVAL = 0.1
 PRESENCE_CHECK_INTERVAL = 1.0
 REOPEN_POLL_INTERVAL = 0.2
 READ_SIZE = 64 * 1024
+FULL_READ = 512  # a read at least this long suggests the driver holds more: read again at once
+MAX_READS_PER_WAKEUP = 16  # bounded, so a device streaming flat out cannot starve the event loop
 # errnos that mean "the device went away" rather than "this call failed".
 GONE_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF, errno.EPIPE})
 NO_MODEM_ERRNOS = frozenset({errno.ENOTTY, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
@@ -443,15 +445,31 @@ class SerialDevice(Port):
             self._listener.port_resume_writing()
 
     def _on_readable(self) -> None:
-        try:
-            data = os.read(self._fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._lost(f"read failed: {exc.strerror}")
-            return
-        if not data:
-            self._lost("device hung up")
-            return
-        if self._listener is not None:
-            self._listener.port_data(data)
+        # A short read is interactive traffic and goes on at once. A full one means the driver holds
+        # more (a tty hands over at most its 4 KiB line buffer per read, and refills it as soon as it
+        # is read), so keep reading: one delivery of up to READ_SIZE instead of many 4 KiB ones.
+        chunks: list[bytes] = []
+        size = 0
+        lost: str | None = None
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                data = os.read(self._fd, READ_SIZE - size)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                lost = f"read failed: {exc.strerror}"
+                break
+            if not data:
+                # With VMIN = VTIME = 0 a tty answers "nothing now" with 0 bytes, not EAGAIN; only a
+                # read the poller announced says end of file.
+                if not chunks:
+                    lost = "device hung up"
+                break
+            chunks.append(data)
+            size += len(data)
+            if len(data) < FULL_READ or size >= READ_SIZE:
+                break
+        if chunks and self._listener is not None:
+            self._listener.port_data(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if lost is not None:
+            self._lost(lost)

@@ -97,12 +97,7 @@ class RecordType(enum.IntEnum):
     PONG = 5
 
 
-_DATA = bytes([RecordType.DATA])
-_CTRL = bytes([RecordType.CTRL])
-_REKEY = bytes([RecordType.REKEY])
-_CLOSE = bytes([RecordType.CLOSE])
-_PING = bytes([RecordType.PING])
-_PONG = bytes([RecordType.PONG])
+_DATA_KIND = int(RecordType.DATA)  # a plain int: compared on every record
 
 
 class ChannelState(enum.Enum):
@@ -353,9 +348,9 @@ class SecureChannel:
         return events
 
     def receive_fast(self, data: bytes | memoryview) -> bytes | list[ChannelEvent]:
-        """:meth:`receive_data` for the data path: when ``data`` is exactly one DATA record and nothing
-        is buffered, its payload is returned as bytes; in every other case the events, exactly as
-        :meth:`receive_data` would return them."""
+        """:meth:`receive_data` for the data path: when all that ``data`` completes is application
+        bytes, they are returned as bytes; otherwise the events, exactly as :meth:`receive_data` would
+        return them."""
         length = len(data) - HEADER_LEN
         if (
             self._rbuf
@@ -363,16 +358,19 @@ class SecureChannel:
             or not MIN_RECORD_FRAME <= length <= MAX_RECORD_FRAME
             or (data[0] << 8) | data[1] != length
         ):
-            return self.receive_data(data)
+            completed = self.receive_data(data)
+            if len(completed) == 1 and type(only := completed[0]) is DataReceived:
+                return only.data  # several DATA records (and perhaps a partial one): no event needed
+            return completed
         recv = self._recv
         assert recv is not None
         try:
-            plaintext = recv.decrypt_with_ad(b"", data[HEADER_LEN:])
-            if plaintext[0] == RecordType.DATA and len(plaintext) > 1:
-                return plaintext[1:]
+            kind, body = recv.decrypt_split(data[HEADER_LEN:])
+            if kind == _DATA_KIND and body:
+                return body
             events: list[ChannelEvent] = []
-            pending: list[memoryview] = []
-            self._handle_record(plaintext, events, pending)
+            pending: list[bytes] = []
+            self._handle_record(kind, body, events, pending)
             if pending:
                 _flush_data(pending, events)
         except ProtocolError as error:
@@ -418,7 +416,7 @@ class SecureChannel:
         buf = self._rbuf
         end = len(view)
         pos = 0
-        pending: list[memoryview] = []  # consecutive DATA bodies, joined into one event
+        pending: list[bytes] = []  # consecutive DATA bodies, joined into one event
         if self._state is ChannelState.ESTABLISHED and not buf:
             pos = self._receive_records(view, events, pending)
         while pos < end:
@@ -456,20 +454,18 @@ class SecureChannel:
             if self._state is ChannelState.ESTABLISHED:
                 recv = self._recv
                 assert recv is not None
-                self._handle_record(recv.decrypt_with_ad(b"", frame), events, pending)
+                self._handle_record(*recv.decrypt_split(frame), events, pending)
             else:
                 self._handle_handshake(bytes(frame), events)
         if pending:
             _flush_data(pending, events)
 
-    def _receive_records(
-        self, view: memoryview, events: list[ChannelEvent], pending: list[memoryview]
-    ) -> int:
+    def _receive_records(self, view: memoryview, events: list[ChannelEvent], pending: list[bytes]) -> int:
         """The data path: whole records at the start of ``view``, decrypted in place. Returns where it
         stopped (an incomplete frame, or a record that changed the state) for the general loop."""
         recv = self._recv
         assert recv is not None
-        decrypt = recv.decrypt_with_ad
+        decrypt = recv.decrypt_split
         end = len(view)
         pos = 0
         while end - pos >= HEADER_LEN:
@@ -479,13 +475,13 @@ class SecureChannel:
             start = pos + HEADER_LEN
             if end - start < length:
                 break
-            plaintext = decrypt(b"", view[start : start + length])
+            kind, body = decrypt(view[start : start + length])
             pos = start + length
-            if plaintext[0] == RecordType.DATA:
-                if len(plaintext) > 1:
-                    pending.append(memoryview(plaintext)[1:])
+            if kind == _DATA_KIND:
+                if body:
+                    pending.append(body)
                 continue
-            self._handle_record(plaintext, events, pending)
+            self._handle_record(kind, body, events, pending)
             if self._state is not ChannelState.ESTABLISHED:
                 break
         return pos
@@ -510,17 +506,17 @@ class SecureChannel:
                 events.append(PeerIdentified(remote_static=self._remote_static, payload=payload))
                 events.append(self._finish_handshake(handshake))
 
-    def _handle_record(self, plaintext: bytes, events: list[ChannelEvent], pending: list[memoryview]) -> None:
+    def _handle_record(
+        self, record_type: int, body: bytes, events: list[ChannelEvent], pending: list[bytes]
+    ) -> None:
         recv = self._recv
         assert recv is not None
-        record_type = plaintext[0]
-        if record_type == RecordType.DATA:
-            if len(plaintext) > 1:
-                pending.append(memoryview(plaintext)[1:])
+        if record_type == _DATA_KIND:
+            if body:
+                pending.append(body)
             return
         if pending:
             _flush_data(pending, events)
-        body = plaintext[1:]
         match record_type:
             case RecordType.CTRL:
                 events.append(ControlReceived(message=body))
@@ -534,7 +530,7 @@ class SecureChannel:
                 if body:
                     raise ProtocolError("CLOSE record with a body")
                 if not self._close_sent:
-                    self._send_record(_CLOSE)
+                    self._send_record(RecordType.CLOSE)
                     self._close_sent = True
                 self._state = ChannelState.CLOSED
                 self._send = self._recv = None
@@ -542,7 +538,7 @@ class SecureChannel:
             case RecordType.PING:
                 events.append(PingReceived(payload=body))
                 if not self._close_sent:
-                    self._send_record(_PONG + body)
+                    self._send_record(RecordType.PONG, body)
             case RecordType.PONG:
                 events.append(PongReceived(payload=body))
             case _:
@@ -557,7 +553,7 @@ class SecureChannel:
         if self._close_sent:
             raise UsageError("cannot send after close()")
 
-    def _send_record(self, plaintext: bytes) -> None:
+    def _send_record(self, kind: int, body: bytes | bytearray | memoryview = b"") -> None:
         # The automatic policy rekeys *before* a record once a key has done its share, so no REKEY can
         # ever trail our CLOSE.
         if (
@@ -567,20 +563,16 @@ class SecureChannel:
             self._rekey_now()
         send = self._send
         assert send is not None
-        ciphertext = send.encrypt_with_ad(b"", plaintext)
-        self._out.append(_LENGTH(len(ciphertext)))
-        self._out.append(ciphertext)
+        self._out.append(send.encrypt_framed(kind, body))
         self._records_since_rekey += 1
-        self._bytes_since_rekey += len(plaintext)
+        self._bytes_since_rekey += len(body) + 1
 
     def _rekey_now(self) -> None:
         send = self._send
         assert send is not None
         # The REKEY record travels under the old key, so the receiver learns exactly which record is
         # the last one under it (Noise §4.2 Rekey(); the nonce keeps counting).
-        ciphertext = send.encrypt_with_ad(b"", _REKEY)
-        self._out.append(_LENGTH(len(ciphertext)))
-        self._out.append(ciphertext)
+        self._out.append(send.encrypt_framed(RecordType.REKEY, b""))
         send.rekey()
         self._records_since_rekey = 0
         self._bytes_since_rekey = 0
@@ -589,11 +581,11 @@ class SecureChannel:
         """Queue application bytes as DATA records of at most :data:`MAX_RECORD_BODY` bytes each."""
         self._require_sendable()
         if 0 < len(data) <= MAX_RECORD_BODY:
-            self._send_record(_DATA + data)  # the usual case: one record, one copy
+            self._send_record(_DATA_KIND, data)  # the usual case: one record
             return
         view = memoryview(data)
         for start in range(0, len(view), MAX_RECORD_BODY):
-            self._send_record(_DATA + view[start : start + MAX_RECORD_BODY])
+            self._send_record(_DATA_KIND, view[start : start + MAX_RECORD_BODY])
 
     def seal_data(self, data: bytes) -> bytes:
         """The data path: ``send_data(data)`` then ``data_to_send()`` in one call.
@@ -613,24 +605,24 @@ class SecureChannel:
             return self.data_to_send()
         send = self._send
         assert send is not None
-        ciphertext = send.encrypt_with_ad(b"", _DATA + data)
+        frame = send.encrypt_framed(_DATA_KIND, data)
         self._records_since_rekey += 1
         self._bytes_since_rekey += len(data) + 1
-        return _LENGTH(len(ciphertext)) + ciphertext
+        return frame
 
     def send_control(self, message: bytes) -> None:
         """Queue one CTRL record (JSON bytes by convention, at most :data:`MAX_RECORD_BODY` bytes)."""
         self._require_sendable()
         if len(message) > MAX_RECORD_BODY:
             raise UsageError(f"a control message is at most {MAX_RECORD_BODY} bytes")
-        self._send_record(_CTRL + message)
+        self._send_record(RecordType.CTRL, message)
 
     def send_ping(self, payload: bytes = b"") -> None:
         """Queue a PING; the peer's channel answers with a PONG carrying the same payload."""
         self._require_sendable()
         if len(payload) > MAX_RECORD_BODY:
             raise UsageError(f"a ping payload is at most {MAX_RECORD_BODY} bytes")
-        self._send_record(_PING + payload)
+        self._send_record(RecordType.PING, payload)
 
     def rekey(self) -> None:
         """Queue a REKEY record and switch our sending key (the peer switches on receipt)."""
@@ -648,7 +640,7 @@ class SecureChannel:
             return
         if self._state is not ChannelState.ESTABLISHED:
             raise UsageError("close() before the handshake completed; just drop the connection")
-        self._send_record(_CLOSE)
+        self._send_record(RecordType.CLOSE)
         self._close_sent = True
 
     def data_to_send(self) -> bytes:
@@ -669,6 +661,6 @@ def _peek(buf: bytearray) -> int:
     return (buf[0] << 8) | buf[1]
 
 
-def _flush_data(pending: list[memoryview], events: list[ChannelEvent]) -> None:
+def _flush_data(pending: list[bytes], events: list[ChannelEvent]) -> None:
     events.append(DataReceived(data=b"".join(pending)))
     pending.clear()

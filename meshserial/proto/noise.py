@@ -35,6 +35,7 @@ import hmac
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import nacl.bindings
 import nacl.exceptions
@@ -129,9 +130,14 @@ try:
 
     _aead_encrypt = _fast_encrypt
     _aead_decrypt = _fast_decrypt
+    _sodium: Any = _lib
+    _NULL: Any = _ffi.NULL
+    _from_buffer: Any = _ffi.from_buffer
 except (ImportError, AttributeError):  # pragma: no cover - a PyNaCl without the cffi module
-    pass
+    _sodium = None
 _ZERO_KEY = bytes(KEYLEN)
+_SCRATCH_SIZE = 16 * 1024 + 64  # a full meshserial record and its frame, so it is allocated once
+_frame_length = struct.Struct(">H").pack
 
 
 # --------------------------------------------------------------------------------------------- primitives
@@ -190,13 +196,15 @@ class KeyPair:
 class CipherState:
     """Noise §5.1: a key and a counter nonce. Without a key, encryption is the identity function."""
 
-    __slots__ = ("_k", "n")
+    __slots__ = ("_buf", "_k", "_view", "n")
 
     def __init__(self, key: bytes | None = None) -> None:
         if key is not None and len(key) != KEYLEN:
             raise UsageError(f"a CipherState key is {KEYLEN} bytes")
         self._k = key
         self.n = 0
+        self._buf: Any = None  # scratch space of the framed methods below, made on first use
+        self._view: memoryview | None = None
 
     def __repr__(self) -> str:
         return f"CipherState(has_key={self._k is not None}, n={self.n})"
@@ -249,6 +257,67 @@ class CipherState:
         if self._k is None:
             raise UsageError("cannot rekey a CipherState without a key")
         self._k = _aead_encrypt(_ZERO_KEY, None, _nonce(MAX_NONCE), self._k)[:KEYLEN]
+
+    # ---- transport-phase shortcuts -------------------------------------------------------------------
+    #
+    # A transport message that starts with a one-byte kind, carried behind its 16-bit length (the
+    # framing Noise §3 has in mind). Each record costs one libsodium call into a buffer this object
+    # keeps, instead of several allocations and copies: on a serial link most records are a few bytes,
+    # and their cost is the work around the cipher, not the cipher.
+
+    def encrypt_framed(self, kind: int, body: bytes | bytearray | memoryview) -> bytes:
+        """``uint16_be(len(c)) ‖ c`` where ``c = EncryptWithAd(b"", bytes([kind]) ‖ body)``."""
+        key = self._k
+        n = self.n
+        size = len(body) + 1
+        total = size + TAGLEN
+        view = self._view
+        if total > MAX_MESSAGE_LEN:
+            raise UsageError(f"a Noise message is at most {MAX_MESSAGE_LEN} bytes")
+        if key is None or n >= MAX_NONCE or _sodium is None:
+            message = self.encrypt_with_ad(b"", bytes((kind,)) + bytes(body))
+            return _frame_length(len(message)) + message
+        if view is None or len(view) < total + 2:
+            view = self._grow(total + 2)
+        view[0] = total >> 8
+        view[1] = total & 0xFF
+        view[2] = kind
+        view[3 : size + 2] = body
+        at = self._buf + 2
+        # In place: libsodium XORs each block before it writes it, so c == m is allowed.
+        if _sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
+            at, _NULL, at, size, _NULL, 0, _NULL, _nonce(n), key
+        ):
+            raise UsageError("encryption failed")  # pragma: no cover - only for impossible sizes
+        self.n = n + 1
+        return bytes(view[: total + 2])
+
+    def decrypt_split(self, message: bytes | memoryview) -> tuple[int, bytes]:
+        """``DecryptWithAd(b"", message)`` split into its first byte and the rest."""
+        key = self._k
+        n = self.n
+        size = len(message) - TAGLEN
+        view = self._view
+        if key is None or n >= MAX_NONCE or size < 1 or _sodium is None:
+            plaintext = self.decrypt_with_ad(b"", message)
+            if not plaintext:
+                raise ProtocolError("an empty transport message")
+            return plaintext[0], plaintext[1:]
+        if view is None or len(view) < size:
+            view = self._grow(size)
+        if _sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
+            self._buf, _NULL, _NULL, _from_buffer(message), size + TAGLEN, _NULL, 0, _nonce(n), key
+        ):
+            raise ProtocolError("decryption failed: the message was tampered with or misordered")
+        self.n = n + 1
+        return view[0], bytes(view[1:size])
+
+    def _grow(self, size: int) -> memoryview:
+        # Both shortcuts share it: each copies its result out before returning.
+        size = max(size, _SCRATCH_SIZE)
+        self._buf = _ffi.new("unsigned char[]", size)
+        self._view = view = memoryview(_ffi.buffer(self._buf))
+        return view
 
 
 # --------------------------------------------------------------------------------------------- SymmetricState

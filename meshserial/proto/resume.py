@@ -45,17 +45,17 @@ class ReplayBuffer:
     def over_soft_limit(self) -> bool:
         return self._size > self.limit
 
-    def append(self, data: bytes) -> None:
-        """Record ``data`` as sent."""
-        if not data:
-            return
-        self._chunks.append(data)
-        self._size += len(data)
-        self.sent += len(data)
-        while self._size > self.hard_limit and self._chunks:
-            dropped = self._chunks.popleft()
-            self._size -= len(dropped)
-            self.start += len(dropped)
+    def append(self, data: bytes) -> bool:
+        """Record ``data`` as sent; return :attr:`over_soft_limit`."""
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
+            self.sent += len(data)
+            while self._size > self.hard_limit and self._chunks:
+                dropped = self._chunks.popleft()
+                self._size -= len(dropped)
+                self.start += len(dropped)
+        return self._size > self.limit
 
     def ack(self, offset: int) -> None:
         """The peer has received everything before ``offset``."""
@@ -101,7 +101,7 @@ class ReceiveCounter:
     def add(self, n: int) -> bool:
         """Count ``n`` bytes; return whether an acknowledgement should go out now."""
         self.received += n
-        return self.due
+        return self.received - self.acknowledged >= self.every  # self.due, without the call
 
     @property
     def due(self) -> bool:

@@ -19,6 +19,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.data = bytearray()
+        self.sizes: list[int] = []  # the length of each port_data call
         self.events: list[PortEvent] = []
         self.pauses = 0
         self.resumes = 0
@@ -30,6 +31,7 @@ class Recorder:
 
     def port_data(self, data: bytes) -> None:
         self.data += data
+        self.sizes.append(len(data))
         self._poke()
 
     def port_event(self, event: PortEvent) -> None:

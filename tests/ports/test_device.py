@@ -6,8 +6,10 @@ import asyncio
 import errno
 import fcntl
 import os
+import select
 import struct
 import termios
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -125,6 +127,35 @@ async def test_data_both_ways(fake: FakeDevice) -> None:
         await rec.wait(lambda: len(rec.data) >= len(big), timeout=20)
         await sender
         assert bytes(rec.data) == big
+
+
+def _stream_into(fd: int, data: bytes, timeout: float) -> None:
+    """Write ``data`` to a non-blocking ``fd`` from a thread, as a device streaming on its own."""
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    while view and time.monotonic() < deadline:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [], 0.1)
+
+
+async def test_bursts_are_read_in_large_deliveries(fake: FakeDevice) -> None:
+    """A tty hands over at most about one 4 KiB buffer per read; a burst is read on until it pauses,
+    so it reaches the listener in fewer, larger pieces, while a lone byte is delivered by itself."""
+    port = SerialDevice(fake.path, SerialSettings(baudrate=115200))
+    async with running(port) as rec:
+        await write_fd(fake.master, b"x")
+        await rec.wait(lambda: len(rec.data) >= 1)
+        assert rec.sizes == [1]
+        big = os.urandom(1 << 20)
+        sender = asyncio.create_task(asyncio.to_thread(_stream_into, fake.master, big, 20))
+        await rec.wait(lambda: len(rec.data) >= 1 + len(big), timeout=20)
+        await sender
+        assert bytes(rec.data) == b"x" + big
+        # One delivery per tty buffer would be about 256 of them.
+        assert len(rec.sizes) < 80, f"{len(rec.sizes)} deliveries, largest {max(rec.sizes)} bytes"
+        assert max(rec.sizes) <= 64 * 1024
 
 
 async def test_back_pressure(fake: FakeDevice) -> None:

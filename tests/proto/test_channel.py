@@ -519,14 +519,14 @@ def test_max_size_frame_is_buffered_within_bounds() -> None:
 )
 def test_malformed_records(plaintext: bytes, match: str) -> None:
     client, server = handshake()
-    client._send_record(plaintext)
+    client._send_record(plaintext[0], plaintext[1:])
     with pytest.raises(ProtocolError, match=match):
         server.receive_data(client.data_to_send())
 
 
 def test_empty_data_record_is_tolerated() -> None:
     client, server = handshake()
-    client._send_record(bytes([RecordType.DATA]))
+    client._send_record(RecordType.DATA)
     assert server.receive_data(client.data_to_send()) == []
 
 
@@ -761,7 +761,19 @@ def test_receive_fast_matches_receive_data() -> None:
     assert server.receive_fast(client.data_to_send()) == [ControlReceived(message=b"{}")]
     client.send_data(b"a")
     client.send_data(b"b")
-    assert server.receive_fast(client.data_to_send()) == [DataReceived(data=b"ab")]
+    assert server.receive_fast(client.data_to_send()) == b"ab"
+    client.send_data(b"c")
+    client.send_data(b"d")
+    wire = client.data_to_send()
+    assert server.receive_fast(wire[:-3]) == b"c", "whole records now, the partial one kept"
+    assert server.receive_fast(wire[-3:]) == b"d"
+    assert server.receive_fast(wire[:0]) == []
+    client.send_data(b"e")
+    client.send_control(b"{}")
+    assert server.receive_fast(client.data_to_send()) == [
+        DataReceived(data=b"e"),
+        ControlReceived(message=b"{}"),
+    ]
     client.send_data(b"tampered")
     wire = bytearray(client.data_to_send())
     wire[-1] ^= 1

@@ -11,6 +11,7 @@ import nacl.bindings
 import pytest
 
 from meshserial.errors import HandshakeError, ProtocolError, UsageError
+from meshserial.proto import noise
 from meshserial.proto.noise import (
     MAX_NONCE,
     PATTERNS,
@@ -175,6 +176,58 @@ def test_cipherstate_nonce_exhaustion() -> None:
         cipher.encrypt_with_ad(b"", b"")
     with pytest.raises(ProtocolError):
         cipher.decrypt_with_ad(b"", bytes(16))
+
+
+@pytest.fixture(params=["libsodium", "wrappers"])
+def framed_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a framed-method test on the direct libsodium path and on PyNaCl's public wrappers."""
+    if request.param == "wrappers":
+        monkeypatch.setattr(noise, "_sodium", None)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("size", [0, 1, 64, 4095, 16 * 1024, 40_000, 65535 - 17])
+def test_framed_methods_are_length_prefixed_noise_messages(framed_impl: str, size: int) -> None:
+    body = os.urandom(size)
+    send, reference, recv = (
+        CipherState(bytes(range(32))),
+        CipherState(bytes(range(32))),
+        CipherState(bytes(range(32))),
+    )
+    for kind in (0, 1, 255):
+        frame = send.encrypt_framed(kind, memoryview(body))
+        message = reference.encrypt_with_ad(b"", bytes([kind]) + body)
+        assert frame == len(message).to_bytes(2, "big") + message
+        assert recv.decrypt_split(memoryview(frame)[2:]) == (kind, body)
+    assert send.n == recv.n == 3
+
+
+def test_framed_decrypt_failures_keep_the_nonce(framed_impl: str) -> None:
+    send, recv = CipherState(bytes(32)), CipherState(bytes(32))
+    frame = bytearray(send.encrypt_framed(4, b"payload"))
+    frame[-1] ^= 1
+    with pytest.raises(ProtocolError, match="tampered"):
+        recv.decrypt_split(bytes(frame[2:]))
+    assert recv.n == 0
+    frame[-1] ^= 1
+    assert recv.decrypt_split(bytes(frame[2:])) == (4, b"payload")
+    with pytest.raises(ProtocolError):
+        recv.decrypt_split(bytes(frame[2:]))  # replay: the nonce moved on
+    empty = CipherState(bytes(32)).encrypt_with_ad(b"", b"")
+    with pytest.raises(ProtocolError, match="empty"):
+        CipherState(bytes(32)).decrypt_split(empty)
+
+
+def test_framed_methods_follow_rekey_and_limits(framed_impl: str) -> None:
+    send, recv = CipherState(bytes(32)), CipherState(bytes(32))
+    send.rekey()
+    recv.rekey()
+    assert recv.decrypt_split(send.encrypt_framed(0, b"after rekey")[2:]) == (0, b"after rekey")
+    send.n = MAX_NONCE
+    with pytest.raises(UsageError):
+        send.encrypt_framed(0, b"x")
+    with pytest.raises(UsageError):
+        CipherState(bytes(32)).encrypt_framed(0, bytes(65535))  # over Noise's message limit
 
 
 def test_cipherstate_key_checks_and_repr_hides_key() -> None:

@@ -188,10 +188,11 @@ class SessionStream:
             return
         if type(data) is not bytes:
             data = bytes(data)  # the replay buffer keeps it: it must not change under us
-        over_limit = self.replay.append(data)
+        # Send first, then the bookkeeping: the peer can start on the data meanwhile. Nothing in
+        # between can observe the replay buffer (a failed send is reported later, by the loop).
         if self.carrier is not None:
             self.carrier.send_plain(data)
-        if over_limit and not self._inner_paused:
+        if self.replay.append(data) and not self._inner_paused:
             self._update_pause()
 
     def pause_reading(self) -> None:
@@ -209,13 +210,13 @@ class SessionStream:
     def data_received(self, data: bytes) -> None:
         if self.ended:
             return
+        self.inner.data_received(data)  # deliver first, count after (the same call either way)
         counter = self.counter
         counter.received += len(data)  # counter.add(), inlined: every record passes here
         if counter.received - counter.acknowledged >= counter.every:
             self._send_ack()
         elif self._ack_timer is None:
             self._ack_timer = self._loop.call_later(ACK_DELAY, self._send_ack)
-        self.inner.data_received(data)
 
     def ack_received(self, offset: int) -> None:
         self.replay.ack(offset)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,10 +134,13 @@ try:
     _sodium: Any = _lib
     _NULL: Any = _ffi.NULL
     _from_buffer: Any = _ffi.from_buffer
+    _encrypt: Any = _lib.crypto_aead_chacha20poly1305_ietf_encrypt
+    _decrypt: Any = _lib.crypto_aead_chacha20poly1305_ietf_decrypt
 except (ImportError, AttributeError):  # pragma: no cover - a PyNaCl without the cffi module
     _sodium = None
 _ZERO_KEY = bytes(KEYLEN)
-_SCRATCH_SIZE = 16 * 1024 + 64  # a full meshserial record and its frame, so it is allocated once
+_SCRATCH_BODY = 16 * 1024 + 64  # the largest plaintext the framed fast path takes (a full record)
+_KINDS = [bytes((kind,)) for kind in range(256)]
 _frame_length = struct.Struct(">H").pack
 
 
@@ -196,15 +200,15 @@ class KeyPair:
 class CipherState:
     """Noise §5.1: a key and a counter nonce. Without a key, encryption is the identity function."""
 
-    __slots__ = ("_buf", "_k", "_view", "n")
+    __slots__ = ("_k", "_scratch", "n")
 
     def __init__(self, key: bytes | None = None) -> None:
         if key is not None and len(key) != KEYLEN:
             raise UsageError(f"a CipherState key is {KEYLEN} bytes")
         self._k = key
         self.n = 0
-        self._buf: Any = None  # scratch space of the framed methods below, made on first use
-        self._view: memoryview | None = None
+        # The framed methods' buffers: (view, body pointer, nonce counter, nonce), made on first use.
+        self._scratch: tuple[memoryview, Any, Any, Any] | None = None
 
     def __repr__(self) -> str:
         return f"CipherState(has_key={self._k is not None}, n={self.n})"
@@ -267,57 +271,58 @@ class CipherState:
 
     def encrypt_framed(self, kind: int, body: bytes | bytearray | memoryview) -> bytes:
         """``uint16_be(len(c)) ‖ c`` where ``c = EncryptWithAd(b"", bytes([kind]) ‖ body)``."""
-        key = self._k
         n = self.n
         size = len(body) + 1
-        total = size + TAGLEN
-        view = self._view
-        if total > MAX_MESSAGE_LEN:
-            raise UsageError(f"a Noise message is at most {MAX_MESSAGE_LEN} bytes")
-        if key is None or n >= MAX_NONCE or _sodium is None:
-            message = self.encrypt_with_ad(b"", bytes((kind,)) + bytes(body))
-            return _frame_length(len(message)) + message
-        if view is None or len(view) < total + 2:
-            view = self._grow(total + 2)
-        view[0] = total >> 8
-        view[1] = total & 0xFF
-        view[2] = kind
-        view[3 : size + 2] = body
-        at = self._buf + 2
-        # In place: libsodium XORs each block before it writes it, so c == m is allowed.
-        if _sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
-            at, _NULL, at, size, _NULL, 0, _NULL, _nonce(n), key
-        ):
+        scratch = self._scratch
+        if scratch is None or size > _SCRATCH_BODY or n >= MAX_NONCE:
+            return self._encrypt_framed_slow(kind, body)
+        view, out, counter, nonce = scratch
+        counter[0] = n
+        if _encrypt(out, _NULL, _KINDS[kind] + body, size, _NULL, 0, _NULL, nonce, self._k):
             raise UsageError("encryption failed")  # pragma: no cover - only for impossible sizes
         self.n = n + 1
+        total = size + TAGLEN
+        view[0] = total >> 8
+        view[1] = total & 0xFF
         return bytes(view[: total + 2])
 
     def decrypt_split(self, message: bytes | memoryview) -> tuple[int, bytes]:
         """``DecryptWithAd(b"", message)`` split into its first byte and the rest."""
-        key = self._k
         n = self.n
         size = len(message) - TAGLEN
-        view = self._view
-        if key is None or n >= MAX_NONCE or size < 1 or _sodium is None:
-            plaintext = self.decrypt_with_ad(b"", message)
-            if not plaintext:
-                raise ProtocolError("an empty transport message")
-            return plaintext[0], plaintext[1:]
-        if view is None or len(view) < size:
-            view = self._grow(size)
-        if _sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-            self._buf, _NULL, _NULL, _from_buffer(message), size + TAGLEN, _NULL, 0, _nonce(n), key
-        ):
+        scratch = self._scratch
+        if scratch is None or not 0 < size <= _SCRATCH_BODY or n >= MAX_NONCE:
+            return self._decrypt_split_slow(message)
+        view, out, counter, nonce = scratch
+        counter[0] = n
+        if _decrypt(out, _NULL, _NULL, _from_buffer(message), size + TAGLEN, _NULL, 0, nonce, self._k):
             raise ProtocolError("decryption failed: the message was tampered with or misordered")
         self.n = n + 1
-        return view[0], bytes(view[1:size])
+        return view[2], bytes(view[3 : size + 2])
 
-    def _grow(self, size: int) -> memoryview:
-        # Both shortcuts share it: each copies its result out before returning.
-        size = max(size, _SCRATCH_SIZE)
-        self._buf = _ffi.new("unsigned char[]", size)
-        self._view = view = memoryview(_ffi.buffer(self._buf))
-        return view
+    def _encrypt_framed_slow(self, kind: int, body: bytes | bytearray | memoryview) -> bytes:
+        if len(body) + 1 + TAGLEN > MAX_MESSAGE_LEN:
+            raise UsageError(f"a Noise message is at most {MAX_MESSAGE_LEN} bytes")
+        message = self.encrypt_with_ad(b"", bytes((kind,)) + bytes(body))
+        self._make_scratch()
+        return _frame_length(len(message)) + message
+
+    def _decrypt_split_slow(self, message: bytes | memoryview) -> tuple[int, bytes]:
+        plaintext = self.decrypt_with_ad(b"", message)
+        if not plaintext:
+            raise ProtocolError("an empty transport message")
+        self._make_scratch()
+        return plaintext[0], plaintext[1:]
+
+    def _make_scratch(self) -> None:
+        """Set up the fast path after a first record went the general way (it needs libsodium through
+        cffi, a key, and a little-endian machine, where the nonce counter is stored in place)."""
+        if self._scratch is not None or self._k is None or _sodium is None or sys.byteorder != "little":
+            return
+        buf = _ffi.new("unsigned char[]", 2 + _SCRATCH_BODY + TAGLEN)
+        nonce = _ffi.new("unsigned char[]", 12)  # §12.3: 4 zero bytes, then n as uint64 little-endian
+        counter = _ffi.cast("uint64_t *", nonce + 4)
+        self._scratch = (memoryview(_ffi.buffer(buf)), buf + 2, counter, nonce)
 
 
 # --------------------------------------------------------------------------------------------- SymmetricState

@@ -469,6 +469,41 @@ def measure(config: Config, args: argparse.Namespace) -> Result:
         return result
 
 
+def measure_interleaved(configs: list[Config], args: argparse.Namespace) -> dict[str, list[Result]]:
+    """Start every configuration once, then measure them in turn, ``--rounds`` times over.
+
+    The processes stay up between their turns (idle, as a long-running server and client would be),
+    so the configurations are measured seconds apart all along instead of one after the other: a slow
+    spell of a shared machine then falls on all of them alike. Set-up times are those of the one start.
+    """
+    rounds: dict[str, list[Result]] = {}
+    firsts: dict[str, Result] = {}
+    with contextlib.ExitStack() as stack:
+        running = []
+        for config in configs:
+            print(f"\n{config.key}: {config.notes}", flush=True)
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshserial-bench-")))
+            opened = stack.enter_context(_running(config, tmp))
+            firsts[config.key] = opened[4]
+            running.append((config, opened))
+        for number in range(1, args.rounds + 1):
+            for config, (app, master, server, client, first) in running:
+                started = time.monotonic()
+                one = Result(
+                    setup_link_ms=first.setup_link_ms,
+                    setup_usable_ms=first.setup_usable_ms,
+                    pids=first.pids,
+                    notes=first.notes,
+                )
+                _measure_open(app, master, server, client, one, args=args)
+                rounds.setdefault(config.key, []).append(one)
+                elapsed = time.monotonic() - started
+                print(f"  round {number}/{args.rounds}: {config.key} in {elapsed:.1f} s", flush=True)
+    for key, each in rounds.items():
+        each[-1].stderr = firsts[key].stderr  # filled in when the processes stopped
+    return rounds
+
+
 def _measure_open(
     app: int, master: int, server: Proc, client: Proc, result: Result, *, args: argparse.Namespace
 ) -> None:
@@ -622,6 +657,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="measure every configuration this many times, in turn, and report the medians (1)",
     )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="start every configuration once and measure them in turn while all run (see README)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write all numbers as JSON")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0 or args.mib < 1 or args.timeout <= 0 or args.rounds < 1:
@@ -641,18 +681,21 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in _configs() if not args.only or c.key in args.only]
     rounds: dict[str, list[Result]] = {}
     skipped: dict[str, str] = {}
-    for number in range(1, args.rounds + 1):
-        for config in configs:
-            if config.missing is not None:
-                if number == 1:
-                    skipped[config.key] = config.missing
-                    print(f"\n{config.key}: skipped: {config.missing}", flush=True)
-                continue
-            label = f" (round {number}/{args.rounds})" if args.rounds > 1 else ""
-            print(f"\n{config.key}{label}: {config.notes}", flush=True)
-            started = time.monotonic()
-            rounds.setdefault(config.key, []).append(measure(config, args))
-            print(f"  done in {time.monotonic() - started:.1f} s", flush=True)
+    for config in configs:
+        if config.missing is not None:
+            skipped[config.key] = config.missing
+            print(f"\n{config.key}: skipped: {config.missing}", flush=True)
+    available = [c for c in configs if c.missing is None]
+    if args.interleave:
+        rounds = measure_interleaved(available, args)
+    else:
+        for number in range(1, args.rounds + 1):
+            for config in available:
+                label = f" (round {number}/{args.rounds})" if args.rounds > 1 else ""
+                print(f"\n{config.key}{label}: {config.notes}", flush=True)
+                started = time.monotonic()
+                rounds.setdefault(config.key, []).append(measure(config, args))
+                print(f"  done in {time.monotonic() - started:.1f} s", flush=True)
     results = {key: combine(each) for key, each in rounds.items()}
     print()
     print(report(results, skipped))
@@ -663,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions,
             "parameters": {
                 "rounds": args.rounds,
+                "interleave": args.interleave,
                 "iterations": args.iterations,
                 "warmup": args.warmup,
                 "mib_per_direction": args.mib,
@@ -670,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
                 "units": "latency in µs; throughput in MB/s with MB = 10^6 bytes; CPU in s per MB moved",
             },
             "results": {key: _as_dict(result) for key, result in results.items()},
+            "rounds": {key: [_as_dict(one) for one in each] for key, each in rounds.items()},
             "skipped": skipped,
             "ratios": ratios(results),
         }

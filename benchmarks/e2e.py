@@ -460,74 +460,123 @@ def _running(config: Config, tmp: Path) -> Iterator[tuple[int, int, Proc, Proc, 
         device.close()
 
 
-def measure(config: Config, args: argparse.Namespace) -> Result:
+def measure(config: Config, args: argparse.Namespace, number: int = 1) -> Result:
     with (
         tempfile.TemporaryDirectory(prefix="meshserial-bench-") as tmpdir,
         _running(config, Path(tmpdir)) as (app, master, server, client, result),
     ):
-        _measure_open(app, master, server, client, result, args=args)
+        _measure_open(app, master, server, client, result, args=args, number=number)
         return result
 
 
 def measure_interleaved(configs: list[Config], args: argparse.Namespace) -> dict[str, list[Result]]:
-    """Start every configuration once, then measure them in turn, ``--rounds`` times over.
+    """Start every configuration once, then measure them step by step in turn, ``--rounds`` times.
 
-    The processes stay up between their turns (idle, as a long-running server and client would be),
-    so the configurations are measured seconds apart all along instead of one after the other: a slow
-    spell of a shared machine then falls on all of them alike. Set-up times are those of the one start.
+    The processes stay up (idle between their turns, as a long-running server and client would be)
+    and each step — the round trips of one payload size, one transfer — is taken for every
+    configuration before the next step, in alternating order from round to round. Configurations are
+    thus measured a fraction of a second apart all along, so a slow spell of a shared machine falls on
+    all of them alike. Set-up times are those of the one start.
     """
     rounds: dict[str, list[Result]] = {}
     firsts: dict[str, Result] = {}
     with contextlib.ExitStack() as stack:
-        running = []
+        running: list[tuple[Config, tuple[int, int, Proc, Proc, Result]]] = []
         for config in configs:
             print(f"\n{config.key}: {config.notes}", flush=True)
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshserial-bench-")))
             opened = stack.enter_context(_running(config, tmp))
             firsts[config.key] = opened[4]
             running.append((config, opened))
+        size = args.mib * 1024 * 1024
+        to_dev, to_app = os.urandom(size), os.urandom(size)
         for number in range(1, args.rounds + 1):
-            for config, (app, master, server, client, first) in running:
-                started = time.monotonic()
-                one = Result(
+            started = time.monotonic()
+            order = running if number % 2 == 1 else running[::-1]
+            this: dict[str, Result] = {}
+            for config, (_, _, _, _, first) in running:
+                this[config.key] = Result(
                     setup_link_ms=first.setup_link_ms,
                     setup_usable_ms=first.setup_usable_ms,
                     pids=first.pids,
                     notes=first.notes,
+                    mb_moved=4 * size / MB,
                 )
-                _measure_open(app, master, server, client, one, args=args)
-                rounds.setdefault(config.key, []).append(one)
-                elapsed = time.monotonic() - started
-                print(f"  round {number}/{args.rounds}: {config.key} in {elapsed:.1f} s", flush=True)
+            for payload in PAYLOAD_SIZES if number % 2 == 1 else PAYLOAD_SIZES[::-1]:
+                for config, (app, master, _, _, _) in order:
+                    lat = round_trips(app, master, payload, args.warmup, args.iterations)
+                    this[config.key].latency_us[f"{payload}B"] = _latency_summary(lat)
+            cpu0 = {
+                config.key: {"server": server.cpu_seconds(), "client": client.cpu_seconds()}
+                for config, (_, _, server, client, _) in running
+            }
+            for step in TRANSFERS:
+                for config, (app, master, _, _, _) in order:
+                    result = this[config.key]
+                    result.throughput_MBps[step] = _transfer_step(
+                        step, app, master, data=(to_dev, to_app), timeout=args.timeout
+                    )
+            for config, (_, _, server, client, _) in running:
+                result = this[config.key]
+                for role, proc in (("server", server), ("client", client)):
+                    result.cpu_s[role] = proc.cpu_seconds() - cpu0[config.key][role]
+                    result.cpu_s_per_MB[role] = result.cpu_s[role] / result.mb_moved
+                    result.rss_kib[role] = proc.rss_kib()
+                rounds.setdefault(config.key, []).append(result)
+            elapsed = time.monotonic() - started
+            print(f"  round {number}/{args.rounds} in {elapsed:.1f} s", flush=True)
     for key, each in rounds.items():
         each[-1].stderr = firsts[key].stderr  # filled in when the processes stopped
     return rounds
 
 
+TRANSFERS = ("app_to_dev", "dev_to_app", "bidir_sum")
+
+
+def _latency_summary(lat: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(lat), "p99": percentile(lat, 0.99), "min": min(lat), "n": len(lat)}
+
+
+def _transfer_step(step: str, app: int, master: int, *, data: tuple[bytes, bytes], timeout: float) -> float:
+    """One of the three transfers, checked; returns MB/s (the sum of both directions for both ways)."""
+    to_dev, to_app = data
+    size = len(to_dev)
+    if step == "app_to_dev":
+        elapsed, got = transfer({app: to_dev}, {master: size}, timeout)
+        _check("app -> device", to_dev, got[master])
+        return size / elapsed / MB
+    if step == "dev_to_app":
+        elapsed, got = transfer({master: to_app}, {app: size}, timeout)
+        _check("device -> app", to_app, got[app])
+        return size / elapsed / MB
+    elapsed, got = transfer({app: to_dev, master: to_app}, {master: size, app: size}, timeout)
+    _check("bidirectional, app -> device", to_dev, got[master])
+    _check("bidirectional, device -> app", to_app, got[app])
+    return 2 * size / elapsed / MB
+
+
 def _measure_open(
-    app: int, master: int, server: Proc, client: Proc, result: Result, *, args: argparse.Namespace
+    app: int,
+    master: int,
+    server: Proc,
+    client: Proc,
+    result: Result,
+    *,
+    args: argparse.Namespace,
+    number: int = 1,
 ) -> None:
-    for size in PAYLOAD_SIZES:
+    # Payload sizes in turn, the other way round every second round: whatever drifts during a
+    # measurement (time since start, the machine) then does not always fall on the same size.
+    for size in PAYLOAD_SIZES if number % 2 == 1 else PAYLOAD_SIZES[::-1]:
         lat = round_trips(app, master, size, args.warmup, args.iterations)
-        result.latency_us[f"{size}B"] = {
-            "median": statistics.median(lat),
-            "p99": percentile(lat, 0.99),
-            "min": min(lat),
-            "n": len(lat),
-        }
+        result.latency_us[f"{size}B"] = _latency_summary(lat)
     size = args.mib * 1024 * 1024
     to_dev, to_app = os.urandom(size), os.urandom(size)
     cpu0 = {"server": server.cpu_seconds(), "client": client.cpu_seconds()}
-    elapsed, got = transfer({app: to_dev}, {master: size}, args.timeout)
-    _check("app -> device", to_dev, got[master])
-    result.throughput_MBps["app_to_dev"] = size / elapsed / MB
-    elapsed, got = transfer({master: to_app}, {app: size}, args.timeout)
-    _check("device -> app", to_app, got[app])
-    result.throughput_MBps["dev_to_app"] = size / elapsed / MB
-    elapsed, got = transfer({app: to_dev, master: to_app}, {master: size, app: size}, args.timeout)
-    _check("bidirectional, app -> device", to_dev, got[master])
-    _check("bidirectional, device -> app", to_app, got[app])
-    result.throughput_MBps["bidir_sum"] = 2 * size / elapsed / MB
+    for step in TRANSFERS:
+        result.throughput_MBps[step] = _transfer_step(
+            step, app, master, data=(to_dev, to_app), timeout=args.timeout
+        )
     result.mb_moved = 4 * size / MB
     for role, proc in (("server", server), ("client", client)):
         result.cpu_s[role] = proc.cpu_seconds() - cpu0[role]
@@ -694,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = f" (round {number}/{args.rounds})" if args.rounds > 1 else ""
                 print(f"\n{config.key}{label}: {config.notes}", flush=True)
                 started = time.monotonic()
-                rounds.setdefault(config.key, []).append(measure(config, args))
+                rounds.setdefault(config.key, []).append(measure(config, args, number))
                 print(f"  done in {time.monotonic() - started:.1f} s", flush=True)
     results = {key: combine(each) for key, each in rounds.items()}
     print()

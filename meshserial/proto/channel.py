@@ -587,28 +587,38 @@ class SecureChannel:
         for start in range(0, len(view), MAX_RECORD_BODY):
             self._send_record(_DATA_KIND, view[start : start + MAX_RECORD_BODY])
 
-    def seal_data(self, data: bytes) -> bytes:
+    def seal_data(self, data: bytes) -> bytes | bytearray:
         """The data path: ``send_data(data)`` then ``data_to_send()`` in one call.
 
-        Nothing else is queued, so the usual small write becomes one DATA record built and returned
-        directly; any other situation (queued output, a large write, a rekey due) takes the general way.
+        When nothing else is queued and no rekey falls due within the write, its DATA records are built
+        and returned directly (a large write as one buffer of records); any other situation takes the
+        general way.
         """
+        size = len(data)
+        count = -(-size // MAX_RECORD_BODY)
         if (
             self._out
-            or not 0 < len(data) <= MAX_RECORD_BODY
+            or not size
             or self._state is not ChannelState.ESTABLISHED
             or self._close_sent
-            or self._records_since_rekey >= self._rekey_after_records
-            or self._bytes_since_rekey >= self._rekey_after_bytes
+            or self._records_since_rekey + count > self._rekey_after_records
+            or self._bytes_since_rekey + size + count > self._rekey_after_bytes
         ):
             self.send_data(data)
             return self.data_to_send()
         send = self._send
         assert send is not None
-        frame = send.encrypt_framed(_DATA_KIND, data)
-        self._records_since_rekey += 1
-        self._bytes_since_rekey += len(data) + 1
-        return frame
+        frames: bytes | bytearray | None
+        if count == 1:
+            frames = send.encrypt_framed(_DATA_KIND, data)
+        else:
+            frames = send.encrypt_framed_run(_DATA_KIND, data, MAX_RECORD_BODY)
+            if frames is None:
+                self.send_data(data)
+                return self.data_to_send()
+        self._records_since_rekey += count
+        self._bytes_since_rekey += size + count
+        return frames
 
     def send_control(self, message: bytes) -> None:
         """Queue one CTRL record (JSON bytes by convention, at most :data:`MAX_RECORD_BODY` bytes)."""

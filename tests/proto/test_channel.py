@@ -752,6 +752,53 @@ def test_seal_data_is_send_data_plus_data_to_send() -> None:
     assert server.receive_data(wire) == [ControlReceived(message=b"{}"), DataReceived(data=b"after")]
 
 
+def _deterministic_handshake(**limits: int) -> tuple[SecureChannel, SecureChannel]:
+    """A completed handshake with fixed ephemeral keys: two calls give byte-identical channels."""
+    client = SecureChannel(
+        initiator=True,
+        static_private=CLIENT_STATIC,
+        payload=CLIENT_PAYLOAD,
+        ephemeral=bytes(range(1, 33)),
+        **limits,
+    )
+    server = SecureChannel(
+        initiator=False,
+        static_private=SERVER_STATIC,
+        payload=SERVER_PAYLOAD,
+        ephemeral=bytes(range(33, 65)),
+        **limits,
+    )
+    client.initiate()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    client.accept_peer()
+    server.receive_data(client.data_to_send())
+    return client, server
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{}, {"rekey_after_records": 3}, {"rekey_after_bytes": 3 * MAX_RECORD_BODY}],
+    ids=["no-rekey", "rekey-by-records", "rekey-by-bytes"],
+)
+def test_seal_data_matches_the_general_path_byte_for_byte(limits: dict[str, int]) -> None:
+    """Whichever way seal_data goes (one record, a run of records, the general path when a rekey
+    falls due), the bytes on the wire are those of send_data + data_to_send."""
+    fast, fast_peer = _deterministic_handshake(**limits)
+    general, _ = _deterministic_handshake(**limits)
+    received = bytearray()
+    sizes = [1, 3 * MAX_RECORD_BODY + 5, 64, MAX_RECORD_BODY, 2 * MAX_RECORD_BODY, 7, 5 * MAX_RECORD_BODY - 1]
+    for number, size in enumerate(sizes):
+        payload = bytes([number]) * size
+        wire = fast.seal_data(payload)
+        general.send_data(payload)
+        assert bytes(wire) == general.data_to_send(), f"write {number} ({size} bytes)"
+        for event in fast_peer.receive_data(wire):
+            assert isinstance(event, DataReceived)
+            received += event.data
+    assert bytes(received) == b"".join(bytes([n]) * size for n, size in enumerate(sizes))
+
+
 def test_receive_fast_matches_receive_data() -> None:
     """The data-path receive gives the payload of a lone DATA record and events for anything else."""
     client, server = handshake()

@@ -773,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _as_dict(result: Result) -> dict[str, Any]:
-    return {name: getattr(result, name) for name in Result.__slots__}  # type: ignore[attr-defined]
+    return {name: getattr(result, name) for name in Result.__slots__}
 
 
 if __name__ == "__main__":

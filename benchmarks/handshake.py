@@ -56,7 +56,8 @@ async def _wait_free(shared: Any) -> None:
 async def run(count: int, warmup: int) -> dict[str, dict[str, float]]:
     # Imported here, after MESHSERIAL_HOME points at a temporary directory.
     import meshserial.client as client_module
-    from meshserial.client import ConnectOptions, connect_target, parse_target, server_label
+    from meshserial.client import ConnectOptions, connect_target, parse_target
+    from meshserial.finder import server_label
     from meshserial.keys import Identity, load_or_create_identity
     from meshserial.net.rfc2217_client import connect_rfc2217
     from meshserial.net.sharing import SharedPort
@@ -85,7 +86,7 @@ async def run(count: int, warmup: int) -> dict[str, dict[str, float]]:
         accept_marks.append(time.perf_counter_ns())
         return answer
 
-    client_module.connect_secure = timed_connect_secure  # type: ignore[assignment]
+    client_module.connect_secure = timed_connect_secure
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the "sharing dev on ..." announcements
             await secure.start()
@@ -124,7 +125,7 @@ async def run(count: int, warmup: int) -> dict[str, dict[str, float]]:
                 active.append((t_active - start) / 1e6)
                 plain_active.append((t_plain - start_plain) / 1e6)
     finally:
-        client_module.connect_secure = original  # type: ignore[assignment]
+        client_module.connect_secure = original
         await secure.aclose()
         await plain.aclose()
         await shared.aclose()

@@ -37,7 +37,7 @@ from types import TracebackType
 
 import pytest
 
-_ALLOWED = ipaddress.ip_network("198.18.0.0/15")
+_ALLOWED = ipaddress.IPv4Network("198.18.0.0/15")
 _counter = itertools.count(1)
 
 

@@ -15,12 +15,7 @@ Patterns come from a table (§7.4 interactive patterns; one-way patterns are del
 secure channel never needs them) and may carry ``pskN`` modifiers (§9). Only the suite
 ``25519_ChaChaPoly_BLAKE2b`` is implemented; asking for another is a :class:`UsageError`.
 
-Primitives map onto PyNaCl (libsodium) and the standard library:
-
-* DH = X25519 via ``crypto_scalarmult``; libsodium rejects an all-zero shared secret (a low-order
-  public key), which we surface as :class:`HandshakeError` — §12.1 allows aborting here.
-* ENCRYPT = ChaCha20-Poly1305 IETF with nonce ``4 zero bytes ‖ n as uint64 little-endian`` (§12.3).
-* HASH = BLAKE2b-512, HMAC with a 128-byte block, HKDF as §4.3 defines it.
+The suite's functions (DH, ENCRYPT, HASH, HKDF) come from :mod:`meshserial.proto.suite`.
 
 Errors: a failed decryption or malformed handshake message raises :class:`HandshakeError` during the
 handshake and :class:`ProtocolError` afterwards; calling methods out of order is local misuse
@@ -30,19 +25,17 @@ keys, and tests inject those.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import nacl.bindings
 import nacl.exceptions
-import nacl.utils
 
 from meshserial.errors import HandshakeError, ProtocolError, UsageError
+from meshserial.proto import suite
+from meshserial.proto.suite import DHLEN, HASHLEN, KEYLEN, MAX_NONCE, SUITE, TAGLEN, KeyPair, hash_, hkdf
 
 __all__ = [
     "DHLEN",
@@ -58,140 +51,19 @@ __all__ = [
     "SymmetricState",
 ]
 
-SUITE = "25519_ChaChaPoly_BLAKE2b"
-DHLEN = 32
-HASHLEN = 64
-BLOCKLEN = 128
-KEYLEN = 32
-TAGLEN = 16
 MAX_MESSAGE_LEN = 65535  # §3: every Noise message fits a 16-bit length.
-MAX_NONCE = 2**64 - 1  # §5.1: this nonce value is reserved (it is the Rekey() nonce, §4.2).
 
-_nonce = struct.Struct("<4xQ").pack  # §12.3: 32 bits of zeros, then the 64-bit counter little-endian.
-_Aead = Callable[[bytes, "bytes | None", bytes, bytes], bytes]
-_DecryptAny = Callable[["bytes | memoryview", "bytes | None", bytes, bytes], bytes]
-
-
-def _wrapped_decrypt(ciphertext: bytes | memoryview, ad: bytes | None, nonce: bytes, key: bytes) -> bytes:
-    """PyNaCl's wrapper wants bytes; the fast path below reads any buffer."""
-    plaintext: bytes = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
-        bytes(ciphertext), ad, nonce, key
-    )
-    return plaintext
-
-
-_aead_encrypt: _Aead = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt
-_aead_decrypt: _DecryptAny = _wrapped_decrypt
-
-try:
-    # PyNaCl's public wrappers validate every argument with eagerly formatted messages, which costs
-    # more than the cipher itself for small records (a serial byte stream is mostly small records).
-    # Our arguments are checked where they are made (key and nonce sizes are fixed), so the data path
-    # calls libsodium through PyNaCl's own cffi module; the wrappers remain the fallback.
-    from nacl._sodium import ffi as _ffi
-    from nacl._sodium import lib as _lib
-
-    _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
-
-    def _fast_encrypt(plaintext: bytes, ad: bytes | None, nonce: bytes, key: bytes) -> bytes:
-        size = len(plaintext) + TAGLEN
-        out = _alloc("unsigned char[]", size)
-        rc = _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
-            out,
-            _ffi.NULL,
-            _ffi.from_buffer(plaintext),
-            len(plaintext),
-            ad or _ffi.NULL,
-            len(ad) if ad else 0,
-            _ffi.NULL,
-            nonce,
-            key,
-        )
-        if rc != 0:
-            raise nacl.exceptions.CryptoError("encryption failed")
-        return _ffi.buffer(out, size)[:]  # type: ignore[no-any-return]
-
-    def _fast_decrypt(ciphertext: bytes | memoryview, ad: bytes | None, nonce: bytes, key: bytes) -> bytes:
-        size = len(ciphertext) - TAGLEN
-        out = _alloc("unsigned char[]", max(size, 1))
-        rc = _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
-            out,
-            _ffi.NULL,
-            _ffi.NULL,
-            _ffi.from_buffer(ciphertext),
-            len(ciphertext),
-            ad or _ffi.NULL,
-            len(ad) if ad else 0,
-            nonce,
-            key,
-        )
-        if rc != 0:
-            raise nacl.exceptions.CryptoError("decryption failed")
-        return _ffi.buffer(out, size)[:]  # type: ignore[no-any-return]
-
-    _aead_encrypt = _fast_encrypt
-    _aead_decrypt = _fast_decrypt
-    _sodium: Any = _lib
-    _NULL: Any = _ffi.NULL
-    _from_buffer: Any = _ffi.from_buffer
-    _encrypt: Any = _lib.crypto_aead_chacha20poly1305_ietf_encrypt
-    _decrypt: Any = _lib.crypto_aead_chacha20poly1305_ietf_decrypt
-except (ImportError, AttributeError):  # pragma: no cover - a PyNaCl without the cffi module
-    _sodium = None
+_nonce = suite.nonce
 _ZERO_KEY = bytes(KEYLEN)
 _SCRATCH_BODY = 16 * 1024 + 64  # the largest plaintext the framed fast path takes (a full record)
 _KINDS = [bytes((kind,)) for kind in range(256)]
 _frame_length = struct.Struct(">H").pack
-
-
-# --------------------------------------------------------------------------------------------- primitives
-
-
-def _hash(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=HASHLEN).digest()
-
-
-def _hmac(key: bytes, data: bytes) -> bytes:
-    # hashlib.blake2b has block_size 128, so this is exactly HMAC-HASH with BLOCKLEN = 128 (§4.3).
-    return hmac.new(key, data, hashlib.blake2b).digest()
-
-
-def _hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> tuple[bytes, ...]:
-    """HKDF as Noise §4.3 defines it (2 or 3 outputs of HASHLEN bytes)."""
-    temp_key = _hmac(chaining_key, ikm)
-    out1 = _hmac(temp_key, b"\x01")
-    out2 = _hmac(temp_key, out1 + b"\x02")
-    if outputs == 2:
-        return out1, out2
-    return out1, out2, _hmac(temp_key, out2 + b"\x03")
-
-
-def _dh(private: bytes, public: bytes) -> bytes:
-    try:
-        return nacl.bindings.crypto_scalarmult(private, public)
-    except nacl.exceptions.CryptoError as exc:
-        # libsodium refuses an all-zero result: the peer sent a low-order point (§12.1).
-        raise HandshakeError("Diffie-Hellman with a low-order public key") from exc
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KeyPair:
-    """An X25519 key pair. The private half never appears in ``repr``."""
-
-    private: bytes = field(repr=False)
-    public: bytes
-
-    @classmethod
-    def from_private(cls, private: bytes) -> KeyPair:
-        """Derive the public key (libsodium clamps the scalar as X25519 requires)."""
-        if len(private) != DHLEN:
-            raise UsageError(f"an X25519 private key is {DHLEN} bytes")
-        return cls(private=private, public=nacl.bindings.crypto_scalarmult_base(private))
-
-    @classmethod
-    def generate(cls) -> KeyPair:
-        """GENERATE_KEYPAIR() (§4.1) from the OS CSPRNG via libsodium."""
-        return cls.from_private(nacl.utils.random(DHLEN))
+# The transport records' direct path (see CipherState.encrypt_framed); used only once a CipherState
+# has made its buffers, which it does only when suite.sodium is there.
+_NULL: Any = suite.ffi.NULL if suite.ffi is not None else None
+_from_buffer: Any = suite.ffi.from_buffer if suite.ffi is not None else None
+_encrypt: Any = getattr(suite.sodium, "crypto_aead_chacha20poly1305_ietf_encrypt", None)
+_decrypt: Any = getattr(suite.sodium, "crypto_aead_chacha20poly1305_ietf_decrypt", None)
 
 
 # --------------------------------------------------------------------------------------------- CipherState
@@ -235,7 +107,7 @@ class CipherState:
             # Unreachable in practice (2^64 records); refusing keeps the nonce unique, which is the
             # one property ChaChaPoly's security rests on.
             raise UsageError("nonce space exhausted; the session must be re-established")
-        ciphertext: bytes = _aead_encrypt(plaintext, ad or None, _nonce(n), key)
+        ciphertext: bytes = suite.encrypt(plaintext, ad or None, _nonce(n), key)
         self.n = n + 1
         return ciphertext
 
@@ -250,7 +122,7 @@ class CipherState:
         if len(ciphertext) < TAGLEN:
             raise ProtocolError("ciphertext shorter than the authentication tag")
         try:
-            plaintext = _aead_decrypt(ciphertext, ad or None, _nonce(n), key)
+            plaintext = suite.decrypt(ciphertext, ad or None, _nonce(n), key)
         except nacl.exceptions.CryptoError as exc:
             raise ProtocolError("decryption failed: the message was tampered with or misordered") from exc
         self.n = n + 1
@@ -260,7 +132,7 @@ class CipherState:
         """Rekey() with the default REKEY(k) of §4.2; the nonce keeps counting (§11.3)."""
         if self._k is None:
             raise UsageError("cannot rekey a CipherState without a key")
-        self._k = _aead_encrypt(_ZERO_KEY, None, _nonce(MAX_NONCE), self._k)[:KEYLEN]
+        self._k = suite.encrypt(_ZERO_KEY, None, _nonce(MAX_NONCE), self._k)[:KEYLEN]
 
     # ---- transport-phase shortcuts -------------------------------------------------------------------
     #
@@ -352,12 +224,12 @@ class CipherState:
     def _make_scratch(self) -> None:
         """Set up the fast path after a first record went the general way (it needs libsodium through
         cffi, a key, and a little-endian machine, where the nonce counter is stored in place)."""
-        if self._scratch is not None or self._k is None or _sodium is None or sys.byteorder != "little":
+        if self._scratch is not None or self._k is None or suite.sodium is None or sys.byteorder != "little":
             return
-        buf = _ffi.new("unsigned char[]", 2 + _SCRATCH_BODY + TAGLEN)
-        nonce = _ffi.new("unsigned char[]", 12)  # §12.3: 4 zero bytes, then n as uint64 little-endian
-        counter = _ffi.cast("uint64_t *", nonce + 4)
-        self._scratch = (memoryview(_ffi.buffer(buf)), buf + 2, counter, nonce)
+        buf = suite.ffi.new("unsigned char[]", 2 + _SCRATCH_BODY + TAGLEN)
+        nonce = suite.ffi.new("unsigned char[]", 12)  # §12.3: 4 zero bytes, then n as uint64 little-endian
+        counter = suite.ffi.cast("uint64_t *", nonce + 4)
+        self._scratch = (memoryview(suite.ffi.buffer(buf)), buf + 2, counter, nonce)
 
 
 # --------------------------------------------------------------------------------------------- SymmetricState
@@ -373,7 +245,7 @@ class SymmetricState:
         if len(protocol_name) <= HASHLEN:
             self.h = protocol_name.ljust(HASHLEN, b"\x00")
         else:
-            self.h = _hash(protocol_name)
+            self.h = hash_(protocol_name)
         self._ck = self.h
         self.cipher = CipherState()
 
@@ -382,16 +254,16 @@ class SymmetricState:
 
     def mix_key(self, input_key_material: bytes) -> None:
         """MixKey(ikm); HASHLEN 64 means the temp key is truncated to 32 bytes."""
-        self._ck, temp_k = _hkdf(self._ck, input_key_material, 2)
+        self._ck, temp_k = hkdf(self._ck, input_key_material, 2)
         self.cipher.initialize_key(temp_k[:KEYLEN])
 
     def mix_hash(self, data: bytes) -> None:
         """MixHash(data)."""
-        self.h = _hash(self.h + data)
+        self.h = hash_(self.h + data)
 
     def mix_key_and_hash(self, input_key_material: bytes) -> None:
         """MixKeyAndHash(ikm), used by the ``psk`` token (§9)."""
-        self._ck, temp_h, temp_k = _hkdf(self._ck, input_key_material, 3)
+        self._ck, temp_h, temp_k = hkdf(self._ck, input_key_material, 3)
         self.mix_hash(temp_h)
         self.cipher.initialize_key(temp_k[:KEYLEN])
 
@@ -412,7 +284,7 @@ class SymmetricState:
 
     def split(self) -> tuple[CipherState, CipherState]:
         """Split(): (initiator→responder, responder→initiator) CipherStates."""
-        temp_k1, temp_k2 = _hkdf(self._ck, b"", 2)
+        temp_k1, temp_k2 = hkdf(self._ck, b"", 2)
         return CipherState(temp_k1[:KEYLEN]), CipherState(temp_k2[:KEYLEN])
 
 
@@ -634,7 +506,7 @@ class HandshakeState:
         remote = self._re if remote_name == "e" else self._rs
         if local is None or remote is None:  # pragma: no cover - every pattern sends "s" before using it
             raise UsageError(f"token {token!r} needs a key that this party does not have")
-        return _dh(local.private, remote)
+        return suite.dh(local.private, remote)
 
     def write_message(self, payload: bytes = b"") -> bytes:
         """WriteMessage(payload): the next handshake message, payload encrypted when a key exists."""

@@ -11,7 +11,7 @@ import nacl.bindings
 import pytest
 
 from meshserial.errors import HandshakeError, ProtocolError, UsageError
-from meshserial.proto import noise
+from meshserial.proto import suite
 from meshserial.proto.noise import (
     MAX_NONCE,
     PATTERNS,
@@ -182,7 +182,9 @@ def test_cipherstate_nonce_exhaustion() -> None:
 def framed_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a framed-method test on the direct libsodium path and on PyNaCl's public wrappers."""
     if request.param == "wrappers":
-        monkeypatch.setattr(noise, "_sodium", None)
+        monkeypatch.setattr(suite, "sodium", None)
+        monkeypatch.setattr(suite, "encrypt", suite.wrapped_encrypt)
+        monkeypatch.setattr(suite, "decrypt", suite.wrapped_decrypt)
     return str(request.param)
 
 

@@ -62,11 +62,8 @@ class StreamTransport(asyncio.Transport):
     def __init__(self, stream: SessionStream) -> None:
         super().__init__()
         self._stream = stream
-        # Every byte the protocol above sends passes here: call the stream directly.
+        # Every byte the protocol above sends goes straight to the stream's own write.
         self.write = stream.write  # type: ignore[method-assign]
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._stream.write(data)
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write(b"".join(list_of_data))
@@ -211,9 +208,7 @@ class SessionStream:
         if self.ended:
             return
         self.inner.data_received(data)  # deliver first, count after (the same call either way)
-        counter = self.counter
-        counter.received += len(data)  # counter.add(), inlined: every record passes here
-        if counter.received - counter.acknowledged >= counter.every:
+        if self.counter.add(len(data)):
             self._send_ack()
         elif self._ack_timer is None:
             self._ack_timer = self._loop.call_later(ACK_DELAY, self._send_ack)

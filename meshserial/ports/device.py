@@ -470,6 +470,6 @@ class SerialDevice(Port):
             if len(data) < FULL_READ or size >= READ_SIZE:
                 break
         if chunks and self._listener is not None:
-            self._listener.port_data(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._listener.port_data(b"".join(chunks))  # one chunk: joined without a copy
         if lost is not None:
             self._lost(lost)

@@ -78,13 +78,20 @@ def random_chunks(seed: int) -> Chunker:
 CHUNKERS = {"whole": whole, "bytes": byte_by_byte, "random1": random_chunks(1), "random2": random_chunks(2)}
 
 
+# Fixed ephemeral keys: two handshakes made with them give byte-identical channels.
+FIXED_EPHEMERALS = (bytes(range(1, 33)), bytes(range(33, 65)))
+
+
 def make_pair(
-    rekey_after_records: int = DEFAULT_REKEY_AFTER_RECORDS, rekey_after_bytes: int = DEFAULT_REKEY_AFTER_BYTES
+    rekey_after_records: int = DEFAULT_REKEY_AFTER_RECORDS,
+    rekey_after_bytes: int = DEFAULT_REKEY_AFTER_BYTES,
+    ephemerals: tuple[bytes, bytes] | None = None,
 ) -> tuple[SecureChannel, SecureChannel]:
     client = SecureChannel(
         initiator=True,
         static_private=CLIENT_STATIC,
         payload=CLIENT_PAYLOAD,
+        ephemeral=ephemerals[0] if ephemerals else None,
         rekey_after_records=rekey_after_records,
         rekey_after_bytes=rekey_after_bytes,
     )
@@ -92,6 +99,7 @@ def make_pair(
         initiator=False,
         static_private=SERVER_STATIC,
         payload=SERVER_PAYLOAD,
+        ephemeral=ephemerals[1] if ephemerals else None,
         rekey_after_records=rekey_after_records,
         rekey_after_bytes=rekey_after_bytes,
     )
@@ -110,8 +118,9 @@ def handshake(
     chunker: Chunker = whole,
     rekey_after_records: int = DEFAULT_REKEY_AFTER_RECORDS,
     rekey_after_bytes: int = DEFAULT_REKEY_AFTER_BYTES,
+    ephemerals: tuple[bytes, bytes] | None = None,
 ) -> tuple[SecureChannel, SecureChannel]:
-    client, server = make_pair(rekey_after_records, rekey_after_bytes)
+    client, server = make_pair(rekey_after_records, rekey_after_bytes, ephemerals)
     client.initiate()
     assert pump(client, server, chunker) == []
     events = pump(server, client, chunker)
@@ -752,30 +761,6 @@ def test_seal_data_is_send_data_plus_data_to_send() -> None:
     assert server.receive_data(wire) == [ControlReceived(message=b"{}"), DataReceived(data=b"after")]
 
 
-def _deterministic_handshake(**limits: int) -> tuple[SecureChannel, SecureChannel]:
-    """A completed handshake with fixed ephemeral keys: two calls give byte-identical channels."""
-    client = SecureChannel(
-        initiator=True,
-        static_private=CLIENT_STATIC,
-        payload=CLIENT_PAYLOAD,
-        ephemeral=bytes(range(1, 33)),
-        **limits,
-    )
-    server = SecureChannel(
-        initiator=False,
-        static_private=SERVER_STATIC,
-        payload=SERVER_PAYLOAD,
-        ephemeral=bytes(range(33, 65)),
-        **limits,
-    )
-    client.initiate()
-    server.receive_data(client.data_to_send())
-    client.receive_data(server.data_to_send())
-    client.accept_peer()
-    server.receive_data(client.data_to_send())
-    return client, server
-
-
 @pytest.mark.parametrize(
     "limits",
     [{}, {"rekey_after_records": 3}, {"rekey_after_bytes": 3 * MAX_RECORD_BODY}],
@@ -784,8 +769,8 @@ def _deterministic_handshake(**limits: int) -> tuple[SecureChannel, SecureChanne
 def test_seal_data_matches_the_general_path_byte_for_byte(limits: dict[str, int]) -> None:
     """Whichever way seal_data goes (one record, a run of records, the general path when a rekey
     falls due), the bytes on the wire are those of send_data + data_to_send."""
-    fast, fast_peer = _deterministic_handshake(**limits)
-    general, _ = _deterministic_handshake(**limits)
+    fast, fast_peer = handshake(ephemerals=FIXED_EPHEMERALS, **limits)
+    general, _ = handshake(ephemerals=FIXED_EPHEMERALS, **limits)
     received = bytearray()
     sizes = [1, 3 * MAX_RECORD_BODY + 5, 64, MAX_RECORD_BODY, 2 * MAX_RECORD_BODY, 7, 5 * MAX_RECORD_BODY - 1]
     for number, size in enumerate(sizes):

@@ -32,6 +32,8 @@ class Proc:
 
     def __init__(self, argv: Sequence[str], *, env: dict[str, str] | None = None) -> None:
         self.argv = list(argv)
+        # A Python child that hangs on SIGTERM dumps every thread's stack on SIGABRT (see stop()).
+        env = dict(os.environ if env is None else env, PYTHONFAULTHANDLER="1")
         self.proc = subprocess.Popen(
             self.argv,
             stdout=subprocess.PIPE,
@@ -107,14 +109,21 @@ class Proc:
                 stream.close()
 
     def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        """SIGTERM; after ``timeout`` SIGABRT (a stack dump in :attr:`stderr`), then SIGKILL.
+
+        Returns the exit code.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(3)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
         self._finish()
         return self.proc.returncode
 

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -24,6 +25,72 @@ from meshserial.errors import MeshserialError
 log = logging.getLogger("meshserial")
 
 EXIT_INTERRUPTED = 130
+# How long cleaning up after SIGINT/SIGTERM may take (goodbyes, closing sessions) before the process
+# exits anyway: a server asked to stop must stop, even if some part of it is stuck.
+SHUTDOWN_GRACE = 5.0
+
+
+class _Watchdog:
+    """Ends the process if shutting down has not finished ``grace`` seconds after it began.
+
+    A thread, so that it fires even when the event loop itself is stuck; it says what was still
+    running (where each pending task waits, and where the loop's thread is), for a bug report.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self._grace = grace
+        self._done = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id = threading.get_ident()
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        threading.Thread(target=self._watch, name="meshserial shutdown watchdog", daemon=True).start()
+
+    def done(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        if self._done.wait(self._grace):
+            return
+        lines = [f"meshserial: still shutting down after {self._grace:g} s; exiting without finishing"]
+        lines += [f"meshserial:   {line}" for line in self._stuck()]
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)
+
+    def _stuck(self) -> list[str]:
+        out: list[str] = []
+        try:
+            tasks = asyncio.all_tasks(self._loop) if self._loop is not None else set()
+            for task in tasks:
+                out.append(f"task {task.get_name()}: {_awaiting(task.get_coro())}")
+            frame = sys._current_frames().get(self._thread_id)
+            chain: list[str] = []
+            while frame is not None and len(chain) < 4:
+                chain.append(_where(frame))
+                frame = frame.f_back
+            if chain:
+                out.append(f"event loop thread: {' <- '.join(chain)}")
+        except Exception as exc:  # racing the loop from another thread; the exit matters more
+            out.append(f"(could not list what is pending: {exc!r})")
+        return out
+
+
+def _awaiting(coro: Any) -> str:
+    """Where a suspended coroutine waits: its chain of awaits, innermost first (at most four)."""
+    frames: list[str] = []
+    for _ in range(100):
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append(_where(frame))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " <- ".join(reversed(frames[-4:])) or "not running"
+
+
+def _where(frame: Any) -> str:
+    code = frame.f_code
+    return f"{code.co_name} ({os.path.basename(code.co_filename)}:{frame.f_lineno})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +123,11 @@ def _configure_logging(verbose: int, debug: bool) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="meshserial: %(levelname)s: %(message)s")
 
 
-async def _run_cancellable(coro: Coroutine[Any, Any, int]) -> int:
-    """Run ``coro``; SIGINT/SIGTERM cancel it cleanly (links removed, goodbyes sent)."""
+async def _run_cancellable(coro: Coroutine[Any, Any, int], watchdog: _Watchdog) -> int:
+    """Run ``coro``; SIGINT/SIGTERM cancel it cleanly (links removed, goodbyes sent).
+
+    Cleaning up may take :data:`SHUTDOWN_GRACE` seconds; a second signal ends the process at once.
+    """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -71,6 +141,7 @@ async def _run_cancellable(coro: Coroutine[Any, Any, int]) -> int:
             os._exit(EXIT_INTERRUPTED)
         interrupted = True
         task.cancel()
+        watchdog.arm(loop)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
@@ -95,7 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.func(args)
         if asyncio.iscoroutine(result):
-            return asyncio.run(_run_cancellable(result))
+            watchdog = _Watchdog(SHUTDOWN_GRACE)
+            try:
+                # asyncio.run's own clean-up (leftover tasks, executor threads) is watched too.
+                return asyncio.run(_run_cancellable(result, watchdog))
+            finally:
+                watchdog.done()
         return int(result)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -14,8 +14,9 @@ import logging
 import secrets
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshserial.access import FileAuthorizer
 from meshserial.advertise import PublishConfig, Publisher
@@ -33,6 +34,9 @@ from meshserial.proto.settings import SerialSettings
 log = logging.getLogger(__name__)
 
 DEFAULT_DETACH_TIMEOUT = 60.0
+# How long a background part (advertising, the revocation watch) may take to stop on shutdown: enough
+# for a rendezvous withdrawal, which is bounded by its request timeout (5 s).
+STOP_GRACE = 6.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -376,9 +380,9 @@ async def run_share(config: ShareConfig) -> int:
             await plain.start()
         async with asyncio.TaskGroup() as tasks:
             if secure is not None:
-                tasks.create_task(secure.watch_revocations())
+                tasks.create_task(_stoppable(secure.watch_revocations(), "the revocation watch"))
                 # Started after the listener is up: advertising never delays serving.
-                tasks.create_task(_publisher(config, shared, secure).run())
+                tasks.create_task(_stoppable(_publisher(config, shared, secure).run(), "advertising"))
             elif config.publish.rendezvous:
                 log.warning("nothing to register with the rendezvous: only --rfc2217 is served")
             await asyncio.Event().wait()  # serve until cancelled (SIGINT/SIGTERM)
@@ -390,6 +394,26 @@ async def run_share(config: ShareConfig) -> int:
         for item in shared:
             await item.aclose()
     return 0
+
+
+async def _stoppable(coro: Coroutine[Any, Any, None], what: str, grace: float = STOP_GRACE) -> None:
+    """Run ``coro`` in a task of its own; once cancelled, give it ``grace`` seconds to finish.
+
+    Goodbyes and withdrawals take a moment, but a part that does not stop in time (a cancellation lost
+    somewhere below) must not keep the sessions and devices from being closed: the server goes on
+    without it, saying so.
+    """
+    task = asyncio.create_task(coro, name=f"meshserial: {what}")
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=grace)
+        if not done:
+            log.warning("%s did not stop within %g s; shutting down without it", what, grace)
+        elif not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("%s failed while stopping: %s", what, exc)
+        raise
 
 
 def _publisher(config: ShareConfig, shared: list[SharedPort], secure: SecureServer) -> Publisher:

@@ -108,7 +108,7 @@ class Proc:
             if stream is not None:
                 stream.close()
 
-    def stop(self, timeout: float = 10.0) -> int:
+    def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM; after ``timeout`` SIGABRT (a stack dump in :attr:`stderr`), then SIGKILL.
 
         Returns the exit code.

@@ -27,7 +27,7 @@ log = logging.getLogger("meshserial")
 EXIT_INTERRUPTED = 130
 # How long cleaning up after SIGINT/SIGTERM may take (goodbyes, closing sessions) before the process
 # exits anyway: a server asked to stop must stop, even if some part of it is stuck.
-SHUTDOWN_GRACE = 5.0
+SHUTDOWN_GRACE = 10.0
 
 
 class _Watchdog:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -53,10 +54,12 @@ class _Watchdog:
     def _watch(self) -> None:
         if self._done.wait(self._grace):
             return
-        lines = [f"meshserial: still shutting down after {self._grace:g} s; exiting without finishing"]
-        lines += [f"meshserial:   {line}" for line in self._stuck()]
-        print("\n".join(lines), file=sys.stderr, flush=True)
-        os._exit(EXIT_INTERRUPTED)
+        try:
+            lines = [f"meshserial: still shutting down after {self._grace:g} s; exiting without finishing"]
+            lines += [f"meshserial:   {line}" for line in self._stuck()]
+            _last_words("\n".join(lines))
+        finally:
+            os._exit(EXIT_INTERRUPTED)
 
     def _stuck(self) -> list[str]:
         out: list[str] = []
@@ -74,6 +77,14 @@ class _Watchdog:
         except Exception as exc:  # racing the loop from another thread; the exit matters more
             out.append(f"(could not list what is pending: {exc!r})")
         return out
+
+
+def _last_words(text: str) -> None:
+    """Write ``text`` to stderr just before ``os._exit``: a closed or broken stderr (the terminal or the
+    pipe reading it is gone) must not keep the process from exiting."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), (text + "\n").encode(errors="replace"))
 
 
 def _awaiting(coro: Any) -> str:
@@ -137,7 +148,7 @@ async def _run_cancellable(coro: Coroutine[Any, Any, int], watchdog: _Watchdog) 
         nonlocal interrupted
         if interrupted:
             # A second signal while cleaning up: the user wants out now.
-            print("meshserial: interrupted again; exiting without cleaning up", file=sys.stderr, flush=True)
+            _last_words("meshserial: interrupted again; exiting without cleaning up")
             os._exit(EXIT_INTERRUPTED)
         interrupted = True
         task.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from meshserial import server
-from tests.helpers import Proc
+from tests.helpers import ROOT, Proc
 
 pytestmark = pytest.mark.system
 
@@ -69,6 +70,34 @@ def test_second_signal_exits_at_once() -> None:
     assert code == 130, proc.stderr
     assert "interrupted again" in proc.stderr
     assert "still shutting down" not in proc.stderr
+
+
+@pytest.mark.parametrize("how", ["second signal", "grace period"])
+def test_exits_even_when_nobody_reads_stderr_any_more(how: str) -> None:
+    """The terminal or pipe that took stderr may be gone by the time of the last words (EPIPE)."""
+    grace = 60.0 if how == "second signal" else 0.5
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN.replace("GRACE", repr(grace))],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == b"ready\n"
+        proc.stderr.close()  # nobody reads stderr any more
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline() == b"cancelled\n"
+        if how == "second signal":
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 async def _loses_a_cancellation(started: asyncio.Event) -> None:

@@ -249,8 +249,11 @@ class Advertiser:
 
     async def wait_settled(self, timeout: float) -> bool:
         """Wait until every pending registration/update/removal is on the wire; False on timeout."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that arrives as
+        # the awaited event is set, and the caller (shutting down) would carry on as if not cancelled.
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True
@@ -455,7 +458,8 @@ class Browser:
                 wait = min(until, deadline) - now
             self._activity.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._activity.wait(), wait)
+                async with asyncio.timeout(wait):  # not wait_for: see wait_settled()
+                    await self._activity.wait()
 
     def __aiter__(self) -> Browser:
         return self

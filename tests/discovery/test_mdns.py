@@ -454,3 +454,22 @@ def test_browse_50_ports_on_5_hosts_is_fast(record_property: Any) -> None:
     assert len(result["found"]) == 50
     assert len({(d["server_id"], d["name"]) for d in result["found"]}) == 50
     assert result["elapsed"] < 1.5
+
+
+def test_waiting_for_adverts_to_settle_never_loses_a_cancellation() -> None:
+    """Shutting down while the first adverts go out: the cancellation must win even when the adverts
+    settle in the same loop iteration (Python 3.11's asyncio.wait_for would return True here)."""
+    advertiser = mdns.Advertiser(interfaces=[loopback_interface()], host_label="ms-test", tcp_port=7217)
+
+    async def main() -> str:
+        advertiser._idle.clear()  # as while registrations are in flight
+        waiting = asyncio.create_task(advertiser.wait_settled(10.0))
+        await asyncio.sleep(0.01)
+        advertiser._idle.set()  # the last registration finishes...
+        waiting.cancel()  # ...just as SIGTERM cancels the publisher
+        try:
+            return f"returned {await waiting}"
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    assert asyncio.run(main()) == "cancelled"

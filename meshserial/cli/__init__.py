@@ -10,11 +10,13 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -68,11 +70,8 @@ class _Watchdog:
             for task in tasks:
                 out.append(f"task {task.get_name()}: {_awaiting(task.get_coro())}")
             frame = sys._current_frames().get(self._thread_id)
-            chain: list[str] = []
-            while frame is not None and len(chain) < 4:
-                chain.append(_where(frame))
-                frame = frame.f_back
-            if chain:
+            if frame is not None:
+                chain = [_where(f) for f, _ in itertools.islice(traceback.walk_stack(frame), 4)]
                 out.append(f"event loop thread: {' <- '.join(chain)}")
         except Exception as exc:  # racing the loop from another thread; the exit matters more
             out.append(f"(could not list what is pending: {exc!r})")
@@ -170,6 +169,16 @@ async def _run_cancellable(coro: Coroutine[Any, Any, int], watchdog: _Watchdog) 
             loop.remove_signal_handler(sig)
 
 
+def _run_async(coro: Coroutine[Any, Any, int], *, grace: float) -> int:
+    """``asyncio.run`` the command; once interrupted, everything (asyncio.run's own clean-up of leftover
+    tasks and executor threads included) must be over within ``grace`` seconds."""
+    watchdog = _Watchdog(grace)
+    try:
+        return asyncio.run(_run_cancellable(coro, watchdog))
+    finally:
+        watchdog.done()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -177,12 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.func(args)
         if asyncio.iscoroutine(result):
-            watchdog = _Watchdog(SHUTDOWN_GRACE)
-            try:
-                # asyncio.run's own clean-up (leftover tasks, executor threads) is watched too.
-                return asyncio.run(_run_cancellable(result, watchdog))
-            finally:
-                watchdog.done()
+            return _run_async(result, grace=SHUTDOWN_GRACE)
         return int(result)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -106,14 +106,6 @@ class SecureConnection(ReceiveBuffer):
             return
         self.flush()
 
-    def data_received(self, data: bytes) -> None:
-        """Bytes that did not arrive through the receive buffer (tools, tests): same handling."""
-        buffer = self.get_buffer(len(data))
-        for start in range(0, len(data), len(buffer)):
-            chunk = data[start : start + len(buffer)]
-            buffer[: len(chunk)] = chunk
-            self.buffer_updated(len(chunk))
-
     def eof_received(self) -> bool | None:
         return None  # connection_lost follows; it decides between "closed" and "lost"
 

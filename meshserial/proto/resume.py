@@ -101,11 +101,6 @@ class ReceiveCounter:
     def add(self, n: int) -> bool:
         """Count ``n`` bytes; return whether an acknowledgement should go out now."""
         self.received += n
-        return self.received - self.acknowledged >= self.every  # self.due, without the call
-
-    @property
-    def due(self) -> bool:
-        """Enough has arrived since the last acknowledgement to send one now."""
         return self.received - self.acknowledged >= self.every
 
     @property

@@ -33,11 +33,7 @@ STUBBORN = textwrap.dedent(
                 print("cancelled", flush=True)
         return 0
 
-    watchdog = cli._Watchdog(GRACE)
-    try:
-        raise SystemExit(asyncio.run(cli._run_cancellable(stubborn_cleanup(), watchdog)))
-    finally:
-        watchdog.done()
+    raise SystemExit(cli._run_async(stubborn_cleanup(), grace=GRACE))
     """
 )
 

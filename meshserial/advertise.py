@@ -39,6 +39,7 @@ from meshserial.discovery.overlay import (
     loopback_interface,
     select_interfaces,
 )
+from meshserial.discovery.txt import printable
 from meshserial.errors import MeshserialError
 from meshserial.keys import Identity
 from meshserial.net.sharing import SharedPort
@@ -92,9 +93,13 @@ def describe(spec: str) -> dict[str, str]:
 
 
 def record_device(spec: str, device: dict[str, str]) -> str:
-    """The ``device`` string of a rendezvous record: the summary, else the spec."""
-    text = mdns.device_summary(device) or spec
-    return "".join(c for c in text if c.isprintable())[:MAX_DEVICE_LEN]
+    """The ``device`` string of a rendezvous record: the summary, else the spec.
+
+    The strings come from the device itself (USB descriptors), so they are cleaned the way our TXT
+    values are (:func:`~meshserial.discovery.txt.printable`) before anyone else gets to print them.
+    """
+    text = printable(mdns.device_summary(device) or spec)
+    return " ".join(text.split())[:MAX_DEVICE_LEN]
 
 
 class _Warnings:

@@ -36,7 +36,9 @@ from meshserial.discovery.mdns import Discovered
 from meshserial.discovery.overlay import Interface, address_rank, list_interfaces, select_interfaces
 from meshserial.errors import ConnectError, MeshserialError, ServerKeyChanged, UsageError
 from meshserial.keys import format_id, parse_id
+from meshserial.logonce import LogOnce
 from meshserial.net.tcp import DEFAULT_PORT, format_hostport
+from meshserial.proto.text import escape, valid_port_name
 from meshserial.trust import KnownServers
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ PROBE_TIMEOUT = 1.0
 RENDEZVOUS_VIA = "rendezvous"
 MAX_PROBES = 512
 _BAD_LABEL_CHARS = re.compile(r"[\s\x00-\x1f\x7f\"'#=\\]+")
+_bad_record_port = LogOnce(log, capacity=1024, level=logging.INFO, message="rendezvous record of %s: %s")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,30 +131,43 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def _clean_label(text: str) -> str:
-    return _BAD_LABEL_CHARS.sub("-", text).strip("-")[:200]
+    # The host name is the server's choice and a label ends up in known_servers and in prompts: what
+    # escape() would escape (C1 controls, bidirectional overrides…) goes, like whitespace and quotes.
+    safe = "".join(c if escape(c) == c else "-" for c in text)
+    return _BAD_LABEL_CHARS.sub("-", safe).strip("-")[:200]
 
 
 # ------------------------------------------------------------------------------------------ gather
 
 
 def record_entries(record: Any) -> list[Discovered]:
-    """The ports of a verified rendezvous :class:`~meshserial.proto.records.Record`, one entry each."""
-    return [
-        Discovered(
-            kind="meshserial",
-            name=port.name,
-            host="",
-            server_id=format_id(record.server_id),
-            addresses=list(record.addresses),
-            via=[RENDEZVOUS_VIA],
-            device={"desc": port.device} if port.device else {},
-            state=port.state.value,
-            rights="",
-            holder=None,
-            txt={},
+    """The ports of a verified rendezvous :class:`~meshserial.proto.records.Record`, one entry each.
+
+    A port whose name is not usable (:func:`~meshserial.proto.text.valid_port_name`) is left out, as
+    an mDNS advert of it would be: nothing could connect to it by that name.
+    """
+    server_id = format_id(record.server_id)
+    entries: list[Discovered] = []
+    for port in record.ports:
+        if not valid_port_name(port.name):
+            _bad_record_port.warning(server_id, f"ignoring port with unusable name {port.name[:32]!r}")
+            continue
+        entries.append(
+            Discovered(
+                kind="meshserial",
+                name=port.name,
+                host="",
+                server_id=server_id,
+                addresses=list(record.addresses),
+                via=[RENDEZVOUS_VIA],
+                device={"desc": port.device} if port.device else {},
+                state=port.state.value,
+                rights="",
+                holder=None,
+                txt={},
+            )
         )
-        for port in record.ports
-    ]
+    return entries
 
 
 def merge_sources(*sources: list[Discovered]) -> list[Discovered]:
@@ -205,7 +221,7 @@ async def fetch(options: FindOptions, name: str | None = None) -> list[Discovere
     except UsageError:
         raise
     except MeshserialError as exc:
-        log.warning("%s", exc)
+        log.warning("%s", escape(str(exc)))  # may quote what the service or its HTTP stack said
         return []
     return [entry for record in found for entry in record_entries(record)]
 
@@ -301,9 +317,10 @@ async def assess(entries: list[Discovered], options: FindOptions, *, probe: bool
 
 
 def _candidate(found: Found) -> str:
+    """One server in an error message; the host and id are what the server advertised."""
     where = found.target or found.entry.name
     host = f"host {found.entry.host}, " if found.entry.host else ""
-    return f"{where} ({host}{found.entry.server_id[:16]}…)"
+    return escape(f"{where} ({host}{found.entry.server_id[:16]}…)")
 
 
 async def resolve(name: str, options: FindOptions, *, server_id: bytes | None = None) -> Resolved:

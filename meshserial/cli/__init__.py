@@ -2,6 +2,10 @@
 
 Data goes to stdout, diagnostics to stderr. Every :class:`~meshserial.errors.MeshserialError` becomes
 one line and its exit code; a traceback only with ``--debug``.
+
+Log messages and error lines often quote what a peer sent (a port or host name, a deny reason), so
+both go through :func:`~meshserial.proto.text.escape`: no control character or line break from the
+network reaches the terminal or a log file, and one record stays one line.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from meshserial import __version__
 from meshserial.cli import doctor, keys, rendezvous, share, use
 from meshserial.cli import list as list_
 from meshserial.errors import MeshserialError
+from meshserial.proto.text import escape
 
 log = logging.getLogger("meshserial")
 
@@ -103,17 +108,46 @@ def _where(frame: Any) -> str:
     return f"{code.co_name} ({os.path.basename(code.co_filename)}:{frame.f_lineno})"
 
 
+# -v and --debug are accepted before the command and after it. argparse parses a sub-command's options
+# into a fresh namespace and copies every value over the main parser's, defaults included, so the two
+# positions store under different names, with no default (SUPPRESS) so that an option not given sets
+# nothing; logging_options() adds them up once parsing is done.
+_BEFORE = "before_command_"
+
+
+def _add_logging_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        dest=prefix + "verbose",
+        default=argparse.SUPPRESS,
+        help="more logging on stderr (-v info, -vv debug); before or after the command",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        dest=prefix + "debug",
+        default=argparse.SUPPRESS,
+        help="show tracebacks and debug logs",
+    )
+
+
+def logging_options(args: argparse.Namespace) -> tuple[int, bool]:
+    """``(verbosity, debug)`` from both positions: ``-v share -v`` is ``-vv``."""
+    verbose = int(getattr(args, _BEFORE + "verbose", 0)) + int(getattr(args, "verbose", 0))
+    debug = bool(getattr(args, _BEFORE + "debug", False) or getattr(args, "debug", False))
+    return verbose, debug
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging on stderr (-v info, -vv debug)"
-    )
-    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    _add_logging_options(common)
     parser = argparse.ArgumentParser(
         prog="meshserial",
         description="Share serial ports across a LAN or an overlay VPN, and use them from anywhere.",
-        parents=[common],
     )
+    _add_logging_options(parser, _BEFORE)
     parser.add_argument("--version", action="version", version=f"meshserial {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (share, use, list_):
@@ -124,13 +158,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class EscapingFormatter(logging.Formatter):
+    """A Formatter that escapes the message (the format with its arguments applied) with
+    :func:`~meshserial.proto.text.escape`, so a record is one line without control characters
+    whatever its arguments held. Tracebacks keep their lines; only characters inside a line are
+    escaped (an exception's message can quote a peer too)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # format() has just set record.message from getMessage(), and sets it again on every call,
+        # so replacing it here affects no other handler.
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _escape_lines(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _escape_lines(super().formatStack(stack_info))
+
+
+def _escape_lines(text: str) -> str:
+    return "\n".join(escape(line) for line in text.split("\n"))
+
+
+LOG_FORMAT = "meshserial: %(levelname)s: %(message)s"
+
+
 def _configure_logging(verbose: int, debug: bool) -> None:
     level = logging.WARNING
     if verbose == 1:
         level = logging.INFO
     elif verbose >= 2 or debug:
         level = logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr, format="meshserial: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 async def _run_cancellable(coro: Coroutine[Any, Any, int], watchdog: _Watchdog) -> int:
@@ -182,7 +244,8 @@ def _run_async(coro: Coroutine[Any, Any, int], *, grace: float) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose, args.debug)
+    verbose, debug = logging_options(args)
+    _configure_logging(verbose, debug)
     try:
         result = args.func(args)
         if asyncio.iscoroutine(result):
@@ -194,9 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _meshserial_error(exc)
         if error is None:
             raise
-        if args.debug:
+        if debug:
             log.error("failed", exc_info=exc)
-        print(f"meshserial: error: {error}", file=sys.stderr)
+        # The message can quote a peer (a server's deny reason, an advertised name).
+        print(f"meshserial: error: {escape(str(error))}", file=sys.stderr)
         return error.exit_code
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from meshserial.cli.options import add_discovery_options, find_options
 from meshserial.discovery.mdns import Browser, Discovered, device_summary
 from meshserial.finder import FindOptions, Found, assess, browse_interfaces, fetch, find, merge_sources
+from meshserial.proto.text import escape
 
 HELP = "list shared serial ports on the network (mDNS, rendezvous)"
 DESCRIPTION = (
@@ -47,10 +48,15 @@ def run(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
 
 
 def cells(found: Found) -> tuple[str, ...]:
-    """One table row."""
+    """One table row, every cell escaped (:func:`~meshserial.proto.text.escape`).
+
+    Nearly every field is what some host on the network advertised (TXT values, instance and host
+    names, a ZeroTier network name in VIA, a rendezvous record's device string): none of it may reach
+    the terminal raw. Escaping here, before :func:`table` measures the columns, keeps them aligned.
+    """
     entry = found.entry
     trust = "none (ser2net)" if entry.kind == "ser2net" else found.trust
-    return (
+    row = (
         entry.name,
         entry.host or "-",
         ", ".join(entry.via) or "-",
@@ -60,6 +66,7 @@ def cells(found: Found) -> tuple[str, ...]:
         trust,
         entry.holder or "-",
     )
+    return tuple(escape(cell) for cell in row)
 
 
 def _cut(text: str) -> str:

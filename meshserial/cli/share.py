@@ -15,6 +15,7 @@ from meshserial.net.secure import DEFAULT_KEEPALIVE, HANDSHAKE_TIMEOUT
 from meshserial.net.sharing import SCROLLBACK_BYTES
 from meshserial.net.tcp import DEFAULT_PORT
 from meshserial.ports.factory import default_name
+from meshserial.proto.text import PORT_NAME_RULE, check_port_name
 from meshserial.server import DEFAULT_DETACH_TIMEOUT, DeviceConfig, ShareConfig, run_share
 
 HELP = "serve local serial ports (a device path, or sim:echo / sim:nmea)"
@@ -29,7 +30,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="device path (/dev/ttyUSB0, /dev/serial/by-id/…) or sim:echo / sim:nmea, "
         "optionally with a port name (or 'devices' in the config file)",
     )
-    parser.add_argument("--name", help="port name when sharing one device (default: from the device)")
+    parser.add_argument(
+        "--name", help=f"port name when sharing one device (default: from the device); {PORT_NAME_RULE}"
+    )
     parser.add_argument(
         "--listen",
         type=hostport(DEFAULT_PORT),
@@ -102,6 +105,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def parse_devices(items: list[str], name: str | None) -> list[tuple[str, str]]:
+    """``(spec, port name)`` for each ``DEVICE[=NAME]`` (from the command line or the config file).
+
+    A name given by the user must be usable (:func:`~meshserial.proto.text.check_port_name`): it is
+    refused here, at the source, rather than shared under a name nobody could ``use``.
+    """
     out: list[tuple[str, str]] = []
     for item in items:
         spec, sep, port_name = item.partition("=")
@@ -109,11 +117,11 @@ def parse_devices(items: list[str], name: str | None) -> list[tuple[str, str]]:
             raise UsageError(f"bad device {item!r}")
         if sep and not port_name:
             raise UsageError(f"bad device {item!r}: empty name after '='")
-        out.append((spec, port_name or default_name(spec)))
+        out.append((spec, check_port_name(port_name) if sep else default_name(spec)))
     if name is not None:
         if len(out) != 1:
             raise UsageError("--name works with one device; use DEVICE=NAME for several")
-        out[0] = (out[0][0], name)
+        out[0] = (out[0][0], check_port_name(name))
     return out
 
 

@@ -65,6 +65,7 @@ from meshserial.discovery.zc import (
 )
 from meshserial.errors import NetworkError, UsageError
 from meshserial.logonce import LogOnce
+from meshserial.proto.text import escape
 
 __all__ = [
     "DEVICE_KEYS", "MAX_TXT_STRING", "MAX_TXT_TOTAL", "SER2NET_TYPE", "SERVICE_TYPE", "STATES", "TXT_VERSION",
@@ -392,9 +393,9 @@ class Browser:
         self._dirty: dict[tuple[str, str, str], None] = {}
         self._changed = asyncio.Event()
         self._activity = asyncio.Event()
-        self._bad = LogOnce(
+        self._log_once = LogOnce(
             log, capacity=1024, level=logging.INFO, message="ignoring mDNS advert from %s: %s"
-        ).warning
+        )
         self._closed = False
         self._first_window = (
             _FIRST_ANSWER_WINDOW_LOOPBACK if any(i.is_loopback for i in interfaces) else _FIRST_ANSWER_WINDOW
@@ -481,6 +482,12 @@ class Browser:
             self._changed.clear()
             await self._changed.wait()
 
+    def _bad(self, peer: str, reason: str) -> None:
+        # Service and host names are the sender's choice: escaped here as well as by the CLI's log
+        # formatter, since a program using meshserial as a library configures its own logging.
+        # Reasons are ours; any advert value they quote is quoted with repr().
+        self._log_once.warning(escape(peer, 100), reason)
+
     def _touch(self) -> None:
         self._last_activity = asyncio.get_running_loop().time()
         self._activity.set()
@@ -524,7 +531,7 @@ class Browser:
             self._bad(name, "bad service name")
             return
         if not await info.async_request(link.zc.zeroconf, int(_RESOLVE_TIMEOUT * 1000)):
-            log.debug("could not resolve %s on %s", name, link.iface.name)
+            log.debug("could not resolve %s on %s", escape(name, 100), link.iface.name)
             return
         server = info.server or name
         if info.text is not None and len(info.text) > MAX_INCOMING_TXT:

@@ -32,6 +32,7 @@ from typing import Literal
 import ifaddr
 
 from meshserial.errors import UsageError
+from meshserial.proto.text import escape
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ class Interface:
     def label(self) -> str:
         """Name for humans: ``zt3a1`` or, when the ZeroTier network name is known, ``zt3a1(My Net)``."""
         if self.network_name:
-            return f"{self.name}({self.network_name})"
+            # The network's controller names it, not this machine: escaped like any peer's text.
+            return f"{self.name}({escape(self.network_name)})"
         return self.name
 
 

@@ -21,14 +21,22 @@ Each ``key=value`` string is cut to 255 bytes (section 6.1) and the whole record
 
 ser2net (``_iostream._tcp``, ``provider=ser2net``) adverts are mapped onto the same
 :class:`Discovered` shape; its sysfs keys (``idVendor`` …) become our device keys.
+
+Text goes two ways here. What *we* advertise is cleaned with :func:`printable` (a control character
+becomes a space: other browsers, avahi-browse for one, print TXT values raw). What we *receive* is kept
+as it came, since it is data (``--json`` shows it exactly); whoever shows it to a human escapes it with
+:func:`meshserial.proto.text.escape`. The one field checked on arrival is ``port``: an advert whose port
+name is not usable (:func:`~meshserial.proto.text.valid_port_name`) is malformed, as nothing could
+connect to it by that name.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
+
+from meshserial.proto.text import escape, valid_port_name
 
 SERVICE_TYPE = "_meshserial._tcp.local."
 SER2NET_TYPE = "_iostream._tcp.local."
@@ -56,7 +64,12 @@ def cut_utf8(text: str, limit: int) -> str:
 
 
 def printable(text: str) -> str:
-    return "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
+    """``text`` with every character :func:`~meshserial.proto.text.escape` would escape replaced by a
+    space: for values we send, where a plain space reads better than an escape sequence."""
+    # One definition of "unsafe" for both directions: a character is unsafe when escape() changes it.
+    if escape(text) == text:
+        return text
+    return "".join(c if escape(c) == c else " " for c in text)
 
 
 def txt_size(txt: dict[str, str]) -> int:
@@ -103,7 +116,11 @@ def build_txt(ad: ServiceAd, *, host: str) -> dict[str, str]:
 
 
 def device_summary(device: dict[str, str]) -> str:
-    """One line for humans: ``FTDI FT232R USB UART 0403:6001`` (``""`` when nothing is known)."""
+    """One line for humans: ``FTDI FT232R USB UART 0403:6001`` (``""`` when nothing is known).
+
+    The values are used as they are: escape the result to show a peer's description, clean it with
+    :func:`printable` to send our own.
+    """
     parts: list[str] = []
     name = device.get("product") or device.get("desc") or ""
     mfr = device.get("mfr", "")
@@ -115,7 +132,7 @@ def device_summary(device: dict[str, str]) -> str:
         parts.append(f"{device['vid']}:{device['pid']}")
     if device.get("serial"):
         parts.append(f"#{device['serial']}")
-    return printable(" ".join(parts))
+    return " ".join(parts)
 
 
 class MalformedAdvert(Exception):
@@ -185,6 +202,8 @@ def parse_service(service_type: str, instance: str, server: str, txt: dict[str, 
     name, server_id = txt.get("port", ""), txt.get("id", "")
     if not name or not server_id:
         raise MalformedAdvert("TXT without port or id")
+    if not valid_port_name(name):
+        raise MalformedAdvert(f"unusable port name {name[:32]!r}")
     state = txt.get("state", "")
     if state not in STATES:
         raise MalformedAdvert(f"unknown state {state[:16]!r}")

@@ -11,6 +11,7 @@ from meshserial.ports.base import Port
 from meshserial.ports.device import SerialDevice
 from meshserial.ports.sim import SIM_KINDS, SimulatedDevice
 from meshserial.proto.settings import SerialSettings
+from meshserial.proto.text import PORT_NAME_MAX
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,29 @@ def _slug(text: str) -> str:
 
 def default_name(spec: str) -> str:
     """A short readable name for a shared port: ``/dev/ttyUSB0`` -> ``ttyUSB0``, ``sim:nmea`` -> ``nmea``,
-    ``/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0`` -> ``ftdi-ft232r-a50285bi``."""
+    ``/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0`` -> ``ftdi-ft232r-a50285bi``.
+
+    Always a valid port name (:func:`meshserial.proto.text.valid_port_name`), whatever ``spec`` is.
+    """
+    return _usable(_readable_name(spec))
+
+
+def _usable(name: str) -> str:
+    # The candidates below use only A-Z a-z 0-9 . _ -; what is left is the rule's first character
+    # (a letter or digit) and its length.
+    name = name.lstrip("._-")
+    if len(name) > PORT_NAME_MAX:
+        name = name[:PORT_NAME_MAX].rstrip("._-")
+    return name or "serial"
+
+
+def _readable_name(spec: str) -> str:
     if spec.startswith(SIM_PREFIX):
         return _slug(spec[len(SIM_PREFIX) :]) or "sim"
     base = os.path.basename(spec.rstrip("/"))
     if "/by-id/" in spec:
-        match = re.fullmatch(r"(?:usb|pci|platform)-(.*?)(?:-if(\d+))?(?:-port(\d+))?", base)
+        # ASCII digits, and few of them: int() refuses numbers of thousands of digits.
+        match = re.fullmatch(r"(?:usb|pci|platform)-(.*?)(?:-if([0-9]{1,9}))?(?:-port([0-9]{1,9}))?", base)
         if match:
             core, iface, port = match.groups()
             words = [w for w in re.split(r"[_\W]+", core) if w and w.lower() not in _NOISE]

@@ -216,12 +216,18 @@ async def test_loopback_advertise_browse_update_remove(caplog: pytest.LogCapture
         mdns.SERVICE_TYPE, f"bogus.{mdns.SERVICE_TYPE}", port=1, server="pi-test.local.",
         parsed_addresses=["127.0.0.1"], properties={"v": "9", "port": "x", "id": "y"},
     )  # fmt: skip
+    badname = AsyncServiceInfo(  # a name nothing could connect to: ignored, logged escaped
+        mdns.SERVICE_TYPE, f"badname.{mdns.SERVICE_TYPE}", port=1, server="pi-test.local.",
+        parsed_addresses=["127.0.0.1"],
+        properties={"v": "1", "port": "a@b\x1b]0;x\x07", "id": "ms1y", "state": "free"},
+    )  # fmt: skip
     adv = mdns.Advertiser(interfaces=[lo], host_label="ms-loop1", tcp_port=7217, host="bench")
     try:
         async with asyncio.timeout(20):
             await asyncio.gather(
                 (await ser2net_zc.async_register_service(ser2net)),
                 (await ser2net_zc.async_register_service(bogus)),
+                (await ser2net_zc.async_register_service(badname)),
                 adv.start(),
             )
             await adv.add(_ad("gps", device={"vid": "0403"}))
@@ -260,9 +266,12 @@ async def test_loopback_advertise_browse_update_remove(caplog: pytest.LogCapture
                 event = await _next(browser)
                 assert (event.change, event.entry.name) == ("removed", "radio")
                 assert [d.name for d in browser.snapshot()] == ["gps", "console"]
-                await browser.settle(timeout=5)  # the bogus advert is resolved (and rejected) too
+                await browser.settle(timeout=5)  # the bogus adverts are resolved (and rejected) too
         bad = [r.getMessage() for r in caplog.records if "ignoring mDNS advert" in r.getMessage()]
-        assert bad == ["ignoring mDNS advert from pi-test.local.: unsupported TXT version '9'"]
+        assert sorted(bad) == [
+            "ignoring mDNS advert from pi-test.local.: unsupported TXT version '9'",
+            "ignoring mDNS advert from pi-test.local.: unusable port name 'a@b\\x1b]0;x\\x07'",
+        ]
     finally:
         await adv.aclose()
         await ser2net_zc.async_close()

@@ -47,6 +47,7 @@ __all__ = [
     "PUBLIC_ID_SIZE",
     "SECRET_HRP",
     "Identity",
+    "check_directories",
     "create_identity",
     "fingerprint",
     "format_id",
@@ -263,9 +264,11 @@ def identity_path() -> Path:
 def read_protected_file(path: Path, *, secret: bool) -> str | None:
     """Read a key or trust file after checking who may touch it; ``None`` if it does not exist.
 
-    ``secret`` files must not be accessible to group or others at all (like an SSH private key);
-    other trust files only must not be writable by them, since whoever can write
-    ``authorized_clients`` can let themselves in. The check runs on the opened file, so a swap
+    The checks are those of OpenSSH's ``StrictModes``: whoever can write ``authorized_clients`` can let
+    themselves in, so the file and every directory above it must belong to us (or root) and must not
+    be writable by group or others (a world-writable directory with the sticky bit, such as ``/tmp``,
+    is fine: nobody else can replace what is in it). ``secret`` files must not even be readable by
+    group or others (like an SSH private key). The file checks run on the opened file, so a swap
     between check and read is not possible. POSIX only: elsewhere the profile ACL is relied on.
     """
     try:
@@ -279,14 +282,17 @@ def read_protected_file(path: Path, *, secret: bool) -> str | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(f"{path} is not a regular file")
-        bad_bits = 0o077 if secret else 0o022
-        if os.name == "posix" and st.st_mode & bad_bits:
-            fix = "600" if secret else "go-w"
-            what = "readable or writable" if secret else "writable"
-            raise KeyFileError(
-                f"{path} is {what} by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
-                f"fix it with: chmod {fix} {path}"
-            )
+        if os.name == "posix":
+            _check_owner(path, st)
+            bad_bits = 0o077 if secret else 0o022
+            if st.st_mode & bad_bits:
+                fix = "600" if secret else "go-w"
+                what = "readable or writable" if secret else "writable"
+                raise KeyFileError(
+                    f"{path} is {what} by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                    f"fix it with: chmod {fix} {path}"
+                )
+            check_directories(path.parent)
         chunks: list[bytes] = []
         size = 0
         while size <= MAX_FILE_SIZE and (chunk := os.read(fd, 65536)):
@@ -303,6 +309,44 @@ def read_protected_file(path: Path, *, secret: bool) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise KeyFileError(f"{path} is not UTF-8 text") from exc
+
+
+def _check_owner(path: Path, st: os.stat_result) -> None:
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        raise KeyFileError(
+            f"{path} belongs to {_user_name(st.st_uid)}, not to {_user_name(me)} or root; "
+            f"if its content is yours, fix it with: chown {_user_name(me)} {path}"
+        )
+
+
+def check_directories(directory: Path) -> None:
+    """Refuse (``KeyFileError``) if ``directory`` or one above it lets another user replace its entries."""
+    current = Path(os.path.abspath(directory))
+    for _ in range(64):  # bounded: a path has far fewer components
+        try:
+            st = os.stat(current)
+        except OSError as exc:
+            raise KeyFileError(f"cannot check {current}: {exc.strerror}") from exc
+        _check_owner(current, st)
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        if st.st_mode & 0o022 and not sticky:
+            raise KeyFileError(
+                f"directory {current} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"fix it with: chmod go-w {current}"
+            )
+        if current.parent == current:
+            return
+        current = current.parent
+
+
+def _user_name(uid: int) -> str:
+    try:
+        import pwd  # noqa: PLC0415 - POSIX only, and only for this message
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
 
 
 def load_identity(path: Path | None = None) -> Identity:

@@ -58,9 +58,27 @@ def runtime_dir() -> Path:
 
 
 def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (mode 0700) if needed and return it."""
+    """Create ``path`` and any missing parents with mode 0700 (whatever the umask) and return it.
+
+    An existing directory is left as it is: the trust-file checks refuse one that others can write.
+    """
+    missing: list[Path] = []
+    current = path
+    for _ in range(64):  # bounded: a path has far fewer components
+        if current.exists() or current.parent == current:
+            break
+        missing.append(current)
+        current = current.parent
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for directory in reversed(missing):
+            try:
+                directory.mkdir(mode=0o700)
+            except FileExistsError:
+                continue  # created meanwhile by another process: not ours to change
+            # mkdir's mode passes through the umask; a umask such as 0o777 would leave us locked out.
+            os.chmod(directory, 0o700)
     except OSError as exc:
         raise ConfigError(f"cannot create directory {path}: {exc.strerror}") from exc
+    if not path.is_dir():
+        raise ConfigError(f"cannot use {path}: it is not a directory")
     return path

@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import secrets
 import sys
+import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshserial import logonce
 from meshserial.access import FileAuthorizer
 from meshserial.advertise import PublishConfig, Publisher
 from meshserial.errors import PortBusy, Refused, UsageError
@@ -30,10 +34,13 @@ from meshserial.net.tcp import format_hostport, is_loopback
 from meshserial.ports.factory import open_port
 from meshserial.proto import session as sess
 from meshserial.proto.settings import SerialSettings
+from meshserial.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
+_log_once = logonce.LogOnce(log)
 
 DEFAULT_DETACH_TIMEOUT = 60.0
+LISTEN_BACKLOG = 1024
 # How long a background part (advertising, the revocation watch) may take to stop on shutdown: enough
 # for a rendezvous withdrawal, which is bounded by its request timeout (5 s).
 STOP_GRACE = 6.0
@@ -63,7 +70,9 @@ async def listen(host: str, port: int, factory: Callable[[], asyncio.BaseProtoco
     """Start a TCP server, translating "address in use" and friends into one clear error."""
     loop = asyncio.get_running_loop()
     try:
-        return await loop.create_server(factory, host, port, reuse_address=True)
+        # A deep accept queue: under a connection flood a short one overflows, and the kernel then
+        # drops a newcomer's SYN, costing it a one-second retransmission before we even see it.
+        return await loop.create_server(factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
     except OSError as exc:
         where = format_hostport(host, port)
         if exc.errno == errno.EADDRINUSE:
@@ -128,6 +137,7 @@ class LiveSession:
     mode: Mode
     stream: SessionStream
     detach_timer: asyncio.TimerHandle | None = None
+    detached_at: float | None = None  # loop time at which the connection dropped
     conn: ServerConnection | None = None
 
 
@@ -139,7 +149,16 @@ class SecureServer:
     client can reconnect and resume it without losing a byte.
     """
 
-    REVOCATION_CHECK = 1.0
+    #: How often the allow-list file is looked at (expiries are also met on time, see watch_access).
+    ACCESS_CHECK = 1.0
+    #: Sessions (attached or waiting for their client) one identity may have, and all together.
+    MAX_SESSIONS_PER_CLIENT = 16
+    MAX_SESSIONS = 128
+    #: Invite attempts per source: a handful, then one a minute. Each costs a file lock and a write.
+    INVITE_BURST = 5
+    #: Reasons of ended sessions remembered for their clients (oldest forgotten first).
+    MAX_ENDED = 1024
+    INVITE_RATE = 1 / 60
 
     def __init__(
         self,
@@ -161,7 +180,10 @@ class SecureServer:
         self._handshake_timeout = handshake_timeout
         self._authorizer = FileAuthorizer()
         self._limiter = HandshakeLimiter()
+        self._invite_attempts = TokenBuckets(self.INVITE_RATE, self.INVITE_BURST)
         self._sessions: dict[str, LiveSession] = {}
+        # Why recently ended sessions ended (session id -> client, reason), for clients that try to resume.
+        self._ended: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
@@ -195,7 +217,20 @@ class SecureServer:
 
     def redeem(self, conn: ServerConnection, redeem: sess.Redeem) -> str:
         assert conn.peer_id is not None and conn.handshake_hash is not None
-        return self._authorizer.redeem(redeem.invite, redeem.proof, conn.handshake_hash, conn.peer_id)
+        if self._invite_attempts.take(conn.source, time.monotonic()) > 0:
+            _log_once.warning(
+                conn.source,
+                "too many invite attempts; refusing them for a while",
+                repeats="invite attempts refused by the rate limit",
+            )
+            raise Refused("too many invite attempts from this address; try again in a minute")
+        try:
+            return self._authorizer.redeem(redeem.invite, redeem.proof, conn.handshake_hash, conn.peer_id)
+        except Refused as exc:
+            _log_once.warning(
+                conn.source, "invite not accepted", str(exc.__cause__ or exc), repeats="failed invite proofs"
+            )
+            raise
 
     def hello(self, conn: ServerConnection, hello: sess.Hello) -> tuple[sess.Accept, SessionStream, int]:
         client = conn.peer_id
@@ -213,9 +248,57 @@ class SecureServer:
         live = self._sessions.get(hello.session) if hello.session else None
         if live is not None and live.client_id == client and live.shared is shared and live.mode is mode:
             return self._resume(live, conn, hello), live.stream, hello.rx
-        if hello.takeover and mode is Mode.READ_WRITE:
-            self._take_over(client, shared)
+        ended = self._ended.get(hello.session) if hello.session else None
+        if ended is not None and ended[0] == client:
+            raise Refused(ended[1])  # why its session ended, for a client that could not be told
+        if mode is Mode.READ_WRITE:
+            self._make_room(client, shared, takeover=hello.takeover)
+        mine = sum(1 for x in self._sessions.values() if x.client_id == client)
+        if mine >= self.MAX_SESSIONS_PER_CLIENT:
+            raise Refused(f"too many sessions of yours on this server ({mine}); end some first")
+        if len(self._sessions) >= self.MAX_SESSIONS:
+            raise Refused("this server has too many sessions; try again later")
         return self._start(conn, hello, shared, mode)
+
+    def _make_room(self, client: bytes, shared: SharedPort, *, takeover: bool) -> None:
+        """Before a new read-write session: end the holder's session where the rules allow it.
+
+        A client's own session that lost its connection is replaced at once (the client crashed or was
+        killed: waiting for the detach timeout would lock it out of its own port). Its own live
+        session, or another client's session that lost its connection, only with ``takeover``; another
+        client's live session never. Whatever still holds the port is then refused by the port itself.
+        """
+        holder = next(
+            (x for x in self._sessions.values() if x.shared is shared and x.mode is Mode.READ_WRITE), None
+        )
+        if holder is None:
+            return
+        detached = holder.conn is None
+        label = self.label(holder.client_id)
+        if holder.client_id == client and (detached or takeover):
+            state = "detached" if detached else "live"
+            log.info("%s replaces its own %s session on %s", label, state, shared.name)
+            self._end(holder, "replaced by a new session of the same client")
+            return
+        if holder.client_id == client:
+            raise Refused(
+                f"port {shared.name} is in use by another session of yours; "
+                "stop it, or connect with --takeover to replace it"
+            )
+        if detached and takeover:
+            log.info(
+                "%s takes over %s from %s, whose connection was lost", self.label(client), shared.name, label
+            )
+            self._end(holder, f"taken over by {self.label(client)}")
+            return
+        if detached:
+            assert holder.detached_at is not None
+            away = asyncio.get_running_loop().time() - holder.detached_at
+            left = max(0.0, self._detach_timeout - away)
+            raise Refused(
+                f"port {shared.name} is held by {label}, whose connection was lost {away:.0f} s ago "
+                f"(kept {left:.0f} s more for it to resume); connect with --takeover to take it over"
+            )
 
     def _start(
         self, conn: ServerConnection, hello: sess.Hello, shared: SharedPort, mode: Mode
@@ -232,6 +315,7 @@ class SecureServer:
         )
         shared.attach(rfc, mode)  # Refused (port held by another writer) goes back to the client
         stream = SessionStream(rfc, on_detached=self._detached)
+        rfc.end_with_reason = functools.partial(self._end_id, session_id)
         live = LiveSession(
             id=session_id, client_id=client, shared=shared, mode=mode, stream=stream, conn=conn
         )
@@ -255,6 +339,7 @@ class SecureServer:
         if live.detach_timer is not None:
             live.detach_timer.cancel()
             live.detach_timer = None
+        live.detached_at = None
         old = live.conn
         if old is not None and old is not conn:
             # The client knows its old connection is dead before we do: take the stream from it.
@@ -277,12 +362,6 @@ class SecureServer:
             lost=lost,
         )
 
-    def _take_over(self, client: bytes, shared: SharedPort) -> None:
-        for live in list(self._sessions.values()):
-            if live.shared is shared and live.client_id == client and live.mode is Mode.READ_WRITE:
-                log.info("%s takes over its own session on %s", self.label(client), shared.name)
-                live.stream.end("replaced by a new session of the same client (--takeover)")
-
     def _detached(self, stream: SessionStream, exc: BaseException | None) -> None:
         live = next((x for x in self._sessions.values() if x.stream is stream), None)
         if live is None:
@@ -296,6 +375,7 @@ class SecureServer:
             self._detach_timeout,
         )
         loop = asyncio.get_running_loop()
+        live.detached_at = loop.time()
         live.detach_timer = loop.call_later(self._detach_timeout, self._expire, live)
 
     def _expire(self, live: LiveSession) -> None:
@@ -304,6 +384,19 @@ class SecureServer:
         live.stream.ended_by_peer(None)
         self._forget(live.id)
 
+    def _end(self, live: LiveSession, reason: str) -> None:
+        """End ``live`` for good, telling its client ``reason`` now if it is connected, and when it
+        tries to resume if it is not (or cannot hear it: a kicked watcher's connection is aborted)."""
+        self._ended[live.id] = (live.client_id, reason)
+        while len(self._ended) > self.MAX_ENDED:
+            self._ended.popitem(last=False)
+        live.stream.end(reason)
+        self._forget(live.id)
+
+    def _end_id(self, session_id: str, reason: str) -> None:
+        if (live := self._sessions.get(session_id)) is not None:
+            self._end(live, reason)
+
     def _forget(self, session_id: str) -> None:
         live = self._sessions.pop(session_id, None)
         if live is not None and live.detach_timer is not None:
@@ -311,22 +404,38 @@ class SecureServer:
 
     # ---- revocation and shutdown -------------------------------------------------------------------
 
-    async def watch_revocations(self) -> None:
-        """End live sessions whose key lost its rights (``meshserial revoke`` / an edit of the file)."""
+    async def watch_access(self) -> None:
+        """Keep live sessions within the allow-list: a key removed or narrowed by ``meshserial revoke``
+        or an edit of the file loses its sessions within :attr:`ACCESS_CHECK`; an entry that expires
+        ends its sessions at the expiry time, file change or not. Also writes pending log summaries."""
         while True:
-            await asyncio.sleep(self.REVOCATION_CHECK)
-            if not self._authorizer.changed():
+            await asyncio.sleep(self._next_access_check())
+            self._authorizer.changed()
+            self._enforce_access()
+            logonce.flush_all()
+
+    def _next_access_check(self) -> float:
+        wait = self.ACCESS_CHECK
+        now = time.time()
+        for live in self._sessions.values():
+            expires = self._authorizer.expires_at(live.client_id)
+            if expires is not None:
+                # A hair past the instant: the entry must have expired when we look.
+                wait = min(wait, max(0.0, expires - now) + 0.005)
+        return wait
+
+    def _enforce_access(self) -> None:
+        now = time.time()
+        for live in list(self._sessions.values()):
+            rights = self._authorizer.rights(live.client_id, live.shared.name, now)
+            if rights is not None and (live.mode is Mode.READ_ONLY or rights == "rw"):
                 continue
-            for live in list(self._sessions.values()):
-                rights = self._authorizer.rights(live.client_id, live.shared.name)
-                if rights is None or (live.mode is Mode.READ_WRITE and rights != "rw"):
-                    log.warning(
-                        "access of %s to %s revoked; ending its session",
-                        self.label(live.client_id),
-                        live.shared.name,
-                    )
-                    live.stream.end("access revoked")
-                    self._forget(live.id)
+            expires = self._authorizer.expires_at(live.client_id)
+            reason = "access expired" if expires is not None and now >= expires else "access revoked"
+            log.warning(
+                "%s of %s to %s; ending its session", reason, self.label(live.client_id), live.shared.name
+            )
+            self._end(live, f"{reason} by the server")
 
     async def aclose(self) -> None:
         if self._server is not None:
@@ -380,7 +489,7 @@ async def run_share(config: ShareConfig) -> int:
             await plain.start()
         async with asyncio.TaskGroup() as tasks:
             if secure is not None:
-                tasks.create_task(_stoppable(secure.watch_revocations(), "the revocation watch"))
+                tasks.create_task(_stoppable(secure.watch_access(), "the access watch"))
                 # Started after the listener is up: advertising never delays serving.
                 tasks.create_task(_stoppable(_publisher(config, shared, secure).run(), "advertising"))
             elif config.publish.rendezvous:

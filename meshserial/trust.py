@@ -9,11 +9,14 @@ be reviewed and diffed:
 * ``known_servers`` (client, config dir): ``NAME ms1… [first_seen=…] [via=…]``. A pinned name that
   shows up with another key is always a hard error.
 
-Unknown options and malformed lines are errors, not warnings: silently skipping a mistyped
-``expires=`` would grant access forever. Every write goes to a temporary file that replaces the
-original atomically, under an advisory lock so that a CLI edit and an invite redemption
-(``meshserial.invites``) cannot lose each other's change. Times are Unix seconds
-(``time.time()``); dates in files are UTC.
+A line of ``authorized_clients`` that does not parse (an unknown option such as a mistyped
+``expire=``, a bad id, a second line for the same key) is skipped as a whole and reported with its file
+and line, as sshd does with ``authorized_keys``: skipping a line can only take access away (the client
+on it is not authorized), never grant it, and the rest of the file stays in force. In ``known_servers``
+a bad line is an error instead: skipping a pin would let a changed key through as "new". Every write
+goes to a temporary file that replaces the original atomically, under an advisory lock so that a CLI
+edit and an invite redemption (``meshserial.invites``) cannot lose each other's change. Times are Unix
+seconds (``time.time()``); dates in files are UTC.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import re
 import shlex
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -243,6 +246,11 @@ class AuthorizedClient:
         """The client's id as ``ms1…``."""
         return format_id(self.public_id)
 
+    @property
+    def expires_at(self) -> float | None:
+        """The Unix time at which the entry stops granting anything (``None``: never)."""
+        return None if self.expires is None else _expiry_instant(self.expires)
+
     def expired(self, now: float) -> bool:
         """Whether the entry has expired at Unix time ``now``."""
         return self.expires is not None and now >= _expiry_instant(self.expires)
@@ -279,6 +287,8 @@ class AuthorizedClients:
         self.path = path or paths.config_dir() / AUTHORIZED_CLIENTS_FILE
         self._lines: list[str] = []
         self._entries: dict[bytes, AuthorizedClient] = {}
+        #: Lines the last ``load()`` skipped, each as ``FILE:LINE: reason``.
+        self.problems: list[str] = []
 
     @property
     def entries(self) -> list[AuthorizedClient]:
@@ -286,19 +296,29 @@ class AuthorizedClients:
         return list(self._entries.values())
 
     def load(self) -> AuthorizedClients:
-        """(Re)read the file; a missing file authorizes nobody. Returns ``self``."""
+        """(Re)read the file; a missing file authorizes nobody. Returns ``self``.
+
+        Lines that do not parse are skipped and listed in :attr:`problems` (``FILE:LINE: reason``);
+        the caller reports them. A file that cannot be read at all (or is not safe to trust) raises.
+        """
         lines = read_lines(self.path, secret=False)
         entries: dict[bytes, AuthorizedClient] = {}
+        problems: list[str] = []
         for lineno, line in enumerate(lines, 1):
-            entry = self._parse_line(lineno, line)
+            try:
+                entry = self._parse_line(lineno, line)
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
             if entry is None:
                 continue
             if (seen := entries.get(entry.public_id)) is not None:
-                raise ConfigError(
+                problems.append(
                     f"{self.path}:{lineno}: {entry.id_string} is already listed on line {seen.line}"
                 )
+                continue
             entries[entry.public_id] = entry
-        self._lines, self._entries = lines, entries
+        self._lines, self._entries, self.problems = lines, entries, problems
         return self
 
     def _parse_line(self, lineno: int, line: str) -> AuthorizedClient | None:
@@ -327,6 +347,15 @@ class AuthorizedClients:
                 ) from exc
         return AuthorizedClient(public_id=public_id, rules=rules, name=name, expires=expires, line=lineno)
 
+    def _check_round_trip(self, entry: AuthorizedClient) -> None:
+        """Refuse to write a line that would not read back as ``entry`` (it would be skipped)."""
+        try:
+            back = self._parse_line(0, entry.to_line())
+        except ConfigError as exc:
+            raise UsageError(f"cannot store this entry: {exc}") from None
+        if back is None or replace(back, line=0) != entry:
+            raise UsageError(f"cannot store this entry: {entry.to_line()!r} would not read back the same")
+
     def find(self, public_id: bytes) -> AuthorizedClient | None:
         """The entry for ``public_id``, expired or not."""
         return self._entries.get(public_id)
@@ -352,6 +381,7 @@ class AuthorizedClients:
             public_id=public_id, rules=tuple(parse_ports_spec(spec)), name=name, expires=expires
         )
         format_id(public_id)  # validates the length
+        self._check_round_trip(entry)
         with locked_file(self.path):
             self.load()
             lines = self._lines or self.HEADER.splitlines()

@@ -177,12 +177,26 @@ def test_date_expiry_lasts_through_that_day_utc(home: Path) -> None:
         ("{alice} *=rw\n{alice} *=ro", "already listed on line 2"),
     ],
 )
-def test_malformed_lines_name_the_line(home: Path, line: str, message: str) -> None:
+def test_malformed_lines_are_skipped_naming_the_line(home: Path, line: str, message: str) -> None:
+    """A bad line is skipped (its client gets nothing from it) and reported; the rest stays in force."""
     path = home / "authorized_clients"
-    write(path, "# header\n" + line.format(alice=ALICE.id_string) + "\n")
-    with pytest.raises(ConfigError, match=message) as info:
-        AuthorizedClients().load()
-    assert f"{path}:" in str(info.value)
+    write(path, "# header\n" + line.format(alice=ALICE.id_string) + f"\n{BOB.id_string} *=ro\n")
+    clients = AuthorizedClients().load()
+    assert len(clients.problems) == 1
+    assert clients.problems[0].startswith(f"{path}:")
+    assert message in clients.problems[0]
+    assert clients.rights(BOB.public_id, "x", NOW) == "ro"
+    # Only the duplicate case has a good first line for alice; every other bad line grants nothing.
+    expected = "rw" if "already listed" in message else None
+    assert clients.rights(ALICE.public_id, "x", NOW) == expected
+
+
+def test_authorize_refuses_what_would_not_read_back(home: Path) -> None:
+    clients = AuthorizedClients()
+    clients.add(ALICE.public_id, name="it's fine # really")
+    assert AuthorizedClients().load().find(ALICE.public_id).name == "it's fine # really"  # type: ignore[union-attr]
+    with pytest.raises(UsageError, match="1-64 characters"):
+        clients.add(BOB.public_id, name='quote " inside')
 
 
 def test_group_writable_file_is_refused(home: Path) -> None:

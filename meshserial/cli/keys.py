@@ -122,13 +122,23 @@ def authorize(args: argparse.Namespace) -> int:
     public_id = parse_id(args.id)
     parse_ports_spec(args.ports)
     expires = parse_expiry(args.expires) if args.expires else None
-    entry = AuthorizedClients().add(public_id, name=args.name, ports_spec=args.ports, expires=expires)
+    clients = AuthorizedClients()
+    entry = clients.add(public_id, name=args.name, ports_spec=args.ports, expires=expires)
+    _report_problems(clients)
     print(entry.to_line())
     return 0
 
 
+def _report_problems(clients: AuthorizedClients) -> None:
+    """Lines of the file that grant nothing because they do not parse (left as they are)."""
+    for problem in clients.problems:
+        print(f"meshserial: warning: {problem}; line ignored", file=sys.stderr)
+
+
 def revoke(args: argparse.Namespace) -> int:
-    gone = AuthorizedClients().remove(args.who)
+    clients = AuthorizedClients()
+    gone = clients.remove(args.who)
+    _report_problems(clients)
     if not gone:
         raise UsageError(f"no authorized client matches {args.who!r}")
     for entry in gone:

@@ -25,6 +25,8 @@ _log_once = LogOnce(log)
 
 #: After this much output queued towards a client that stopped reading, stop reading the device.
 PAUSE_HIGH_WATER = 1024 * 1024
+#: How long a closed connection may take to hand over what is still queued before it is cut off.
+CLOSE_GRACE = 5.0
 
 
 def peer_label(transport: asyncio.BaseTransport) -> str:
@@ -60,7 +62,12 @@ class Rfc2217ServerSession(ReceiveBuffer):
         self._peer = "peer"
         self._closing = False
         self._suspended_output: list[bytes] = []
+        self._suspended_size = 0
         self._scrollback = b""
+        #: Ends the session telling the peer why (the secure session's stream sets it); a plain TCP
+        #: connection has no place for a reason and is just closed.
+        self.end_with_reason: Callable[[str], None] | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
         self.closed = asyncio.get_running_loop().create_future()
 
     # ---- asyncio.Protocol --------------------------------------------------------------------------
@@ -78,7 +85,10 @@ class Rfc2217ServerSession(ReceiveBuffer):
                 shared.attach(self, self._mode)
             except Refused as exc:
                 log.info("%s refused: %s", self._peer, exc)
-                transport.write(f"\r\nmeshserial: {exc}\r\n".encode())
+                # A line a human with telnet or nc can read, as ser2net does; who holds the port is not
+                # for an unauthenticated client to know.
+                busy = f"\r\nmeshserial: port {shared.name} is in use by another client; try again later\r\n"
+                transport.write(busy.encode())
                 self._close()
                 return
             self._shared = shared
@@ -115,6 +125,7 @@ class Rfc2217ServerSession(ReceiveBuffer):
                     self._engine.reply(command, shared.request(self, command, value))
                 case rfc2217.FlowResume():
                     pending, self._suspended_output = self._suspended_output, []
+                    self._suspended_size = 0
                     for chunk in pending:
                         self._engine.send_data(chunk)
                 case rfc2217.BreakReceived():
@@ -134,6 +145,9 @@ class Rfc2217ServerSession(ReceiveBuffer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
         if self._shared is not None:
             self._shared.detach(self)
         if exc is not None:
@@ -157,9 +171,11 @@ class Rfc2217ServerSession(ReceiveBuffer):
         if self._closing:
             return
         if self._engine.output_suspended:
-            # The client asked us to hold data (FLOWCONTROL-SUSPEND); keep it and stop the device.
+            # The client asked us to hold data (FLOWCONTROL-SUSPEND): keep it, and if it is the holder,
+            # stop the device. A watcher's held output counts towards its limit (see backlog()).
             self._suspended_output.append(data)
-            if self._shared is not None and sum(map(len, self._suspended_output)) > PAUSE_HIGH_WATER:
+            self._suspended_size += len(data)
+            if self._shared is not None and self._suspended_size > PAUSE_HIGH_WATER:
                 self._shared.session_pause_writing(self)
             return
         self._engine.send_data(data)
@@ -180,10 +196,13 @@ class Rfc2217ServerSession(ReceiveBuffer):
 
     def backlog(self) -> int:
         transport = self._transport
-        return transport.get_write_buffer_size() if transport is not None else 0
+        queued = transport.get_write_buffer_size() if transport is not None else 0
+        return queued + self._suspended_size
 
     def kick(self, reason: str) -> None:
         log.info("%s: ending session: %s", self._peer, reason)
+        if self.end_with_reason is not None and not self._closing:
+            self.end_with_reason(reason)  # ends the stream, which closes us through connection_lost
         self._close()
 
     def pause_reading(self) -> None:
@@ -205,8 +224,12 @@ class Rfc2217ServerSession(ReceiveBuffer):
         if self._closing:
             return
         self._closing = True
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+            # A client that stopped reading would keep a cleanly closing connection (and its send
+            # buffer) forever: cut it off if it is not gone soon.
+            self._abort_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
 
 
 def _default_modem(shared: SharedPort) -> ModemState:

@@ -9,7 +9,9 @@ channel never sees serial settings.
 Server: a client is authorized only after it has proven its key (Noise message 3) and named the port
 in its hello; before that, nothing it sends reaches a port and it learns nothing about the ports. The
 first failure of any kind closes the connection. Unauthenticated handshakes are bounded per source
-address and in total, and each has a deadline, so floods and slow clients cannot starve others.
+address and in total, and each has a deadline; when the slots are full, the half-open connection that
+got least far gives way to the newcomer (:class:`HandshakeLimiter`), so floods and slow clients cannot
+starve others.
 
 Keepalive: once the session runs, each side pings after ``keepalive / 3`` seconds without traffic
 and drops the connection after ``keepalive`` seconds of silence from the peer, so a dead path is noticed
@@ -21,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,14 +33,19 @@ from meshserial.net.stream import SessionStream
 from meshserial.net.tcp import ReceiveBuffer, tune_socket
 from meshserial.proto import channel as ch
 from meshserial.proto import session as sess
+from meshserial.ratelimit import source_key
 
 log = logging.getLogger(__name__)
 _log_once = LogOnce(log)
+_denials = LogOnce(log, level=logging.INFO)  # one line per client and reason, repeats summarised
 
 HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_KEEPALIVE = 9.0
-MAX_PENDING_PER_IP = 16
+MAX_PENDING_PER_SOURCE = 16
 MAX_PENDING_TOTAL = 256
+MIN_HANDSHAKE_DEADLINE = 1.0
+CLOSE_GRACE = 5.0
+CLOSE_FLUSH_LIMIT = 256 * 1024
 
 # Traffic timestamps for the keepalive, taken on every record: the clock asyncio's default loop reads,
 # without the method call around it. ``_keepalive_tick`` compares them with ``loop.time()``.
@@ -86,7 +92,6 @@ class SecureConnection(ReceiveBuffer):
         if self._peer_closed:
             return
         self._last_rx = _now()
-        assert self._recv_view is not None
         try:
             # The channel copies what it keeps (partial frames) and decrypts the rest straight out of
             # the receive buffer.
@@ -192,7 +197,13 @@ class SecureConnection(ReceiveBuffer):
             self.send_control(sess.Ack(offset=offset))
 
     def close(self, reason: str | None = None) -> None:
-        """End the connection cleanly (a reason is sent first, when there is one)."""
+        """End the connection cleanly (a reason is sent first, when there is one).
+
+        A clean close waits for the send buffer to drain, which takes forever if the peer stopped
+        reading: a peer that has not taken what is queued within :data:`CLOSE_GRACE` is cut off, and
+        one with more than :data:`CLOSE_FLUSH_LIMIT` queued is cut off at once (it would not read the
+        reason behind all that in time anyway), so that a closed connection never holds memory long.
+        """
         if self.closing:
             return
         self.closing = True
@@ -205,8 +216,14 @@ class SecureConnection(ReceiveBuffer):
                 self.flush()
         except MeshserialError:
             pass
-        if self.tcp is not None:
-            self.tcp.close()
+        tcp = self.tcp
+        if tcp is not None:
+            if tcp.get_write_buffer_size() > CLOSE_FLUSH_LIMIT:
+                tcp.abort()
+                return
+            tcp.close()
+            # In the keepalive's timer slot, which connection_lost clears.
+            self._keepalive_timer = self._loop.call_later(CLOSE_GRACE, tcp.abort)
 
     def go_away(self, reason: str) -> None:
         """Tell the client we are stopping (it will reconnect), then close."""
@@ -231,6 +248,9 @@ class SecureConnection(ReceiveBuffer):
 
     def tcp_info(self, name: str, default: Any = None) -> Any:
         return self.tcp.get_extra_info(name, default) if self.tcp is not None else default
+
+    def tcp_buffer_size(self) -> int:
+        return self.tcp.get_write_buffer_size() if self.tcp is not None else 0
 
     # ---- output ----------------------------------------------------------------------------------
 
@@ -264,7 +284,7 @@ class SecureConnection(ReceiveBuffer):
 
     def fail(self, exc: BaseException) -> None:
         reason = str(exc) if isinstance(exc, MeshserialError) else type(exc).__name__
-        _log_once.warning(self.peer.rsplit(":", 1)[0], f"closing connection: {reason}")
+        _log_once.warning(source_key(self.peer.rsplit(":", 1)[0]), f"closing connection: {reason}")
         self.abort()
 
     # ---- keepalive -------------------------------------------------------------------------------
@@ -316,24 +336,76 @@ class SessionHost(Protocol):
         """A short human name for logs."""
 
 
+class Pending(Protocol):
+    """A connection that holds a handshake slot."""
+
+    source: str
+    started: float
+
+    @property
+    def progress(self) -> int:
+        """How far the handshake got (higher is further)."""
+
+    def evict(self) -> None:
+        """Give up the slot and close the connection at once."""
+
+
 class HandshakeLimiter:
-    """Counts unauthenticated handshakes in progress, per source address and in total."""
+    """Handshake slots: connections accepted but not yet past their ``hello``, per source and in total.
 
-    def __init__(self, *, per_ip: int = MAX_PENDING_PER_IP, total: int = MAX_PENDING_TOTAL) -> None:
-        self.per_ip = per_ip
+    A full table does not turn newcomers away, which would let anyone who holds the slots with idle
+    or slow connections lock everybody else out. Instead the newcomer takes the slot of a half-open
+    connection: the one that has made the least progress, and of those the oldest, in the newcomer's
+    own source when that source is at its limit, else in the source that holds the most slots. An
+    attacker's connections therefore only push out each other, while a client that completes its
+    handshake in a few round trips is the newest and furthest along, and is never the one chosen.
+
+    Sources are IPv4 addresses or IPv6 /64s (:func:`~meshserial.ratelimit.source_key`). The deadline
+    for completing a handshake also shrinks as the table fills (:meth:`deadline`).
+    """
+
+    def __init__(self, *, per_source: int = MAX_PENDING_PER_SOURCE, total: int = MAX_PENDING_TOTAL) -> None:
+        self.per_source = per_source
         self.total = total
-        self._counts: Counter[str] = Counter()
+        # Insertion-ordered dicts used as ordered sets, one per source.
+        self._by_source: dict[str, dict[Pending, None]] = {}
+        self._count = 0
+        self.evicted = 0
 
-    def acquire(self, ip: str) -> bool:
-        if self._counts[ip] >= self.per_ip or sum(self._counts.values()) >= self.total:
-            return False
-        self._counts[ip] += 1
-        return True
+    def __len__(self) -> int:
+        return self._count
 
-    def release(self, ip: str) -> None:
-        self._counts[ip] -= 1
-        if self._counts[ip] <= 0:
-            del self._counts[ip]
+    def admit(self, conn: Pending) -> None:
+        """Give ``conn`` a slot, evicting a half-open connection if a limit is reached."""
+        own = self._by_source.get(conn.source)
+        if own is not None and len(own) >= self.per_source:
+            self._evict_from(own)
+        elif self._count >= self.total:
+            self._evict_from(max(self._by_source.values(), key=len))
+        self._by_source.setdefault(conn.source, {})[conn] = None
+        self._count += 1
+
+    def release(self, conn: Pending) -> None:
+        """``conn`` leaves its slot (its handshake ended one way or the other); idempotent."""
+        group = self._by_source.get(conn.source)
+        if group is None or conn not in group:
+            return
+        del group[conn]
+        self._count -= 1
+        if not group:
+            del self._by_source[conn.source]
+
+    def deadline(self, timeout: float) -> float:
+        """Seconds a new connection gets for its handshake: ``timeout`` while the table is mostly
+        empty, less as it fills (down to a tenth, but at least :data:`MIN_HANDSHAKE_DEADLINE`)."""
+        free = 1.0 - self._count / self.total if self.total else 0.0
+        return min(timeout, max(MIN_HANDSHAKE_DEADLINE, timeout * min(1.0, 2.0 * max(free, 0.05))))
+
+    def _evict_from(self, group: dict[Pending, None]) -> None:
+        victim = min(group, key=lambda c: (c.progress, c.started))
+        self.release(victim)
+        self.evicted += 1
+        victim.evict()
 
 
 class ServerConnection(SecureConnection):
@@ -353,6 +425,8 @@ class ServerConnection(SecureConnection):
         self._limiter = limiter
         self._handshake_timeout = handshake_timeout
         self._ip = ""
+        self.source = ""
+        self.started = 0.0
         self._pending = False
         self._deadline: asyncio.TimerHandle | None = None
         self.port_name: str | None = None
@@ -361,12 +435,32 @@ class ServerConnection(SecureConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._ip = self.peer.rsplit(":", 1)[0]
-        if not self._limiter.acquire(self._ip):
-            _log_once.warning(self._ip, "too many handshakes in progress; refusing connections")
-            self.abort()
-            return
+        self.source = source_key(self._ip)
+        self.started = self._loop.time()
         self._pending = True
-        self._deadline = self._loop.call_later(self._handshake_timeout, self._on_deadline)
+        self._limiter.admit(self)
+        if self._pending:  # not evicted by its own admission (a limit of zero)
+            deadline = self._limiter.deadline(self._handshake_timeout)
+            self._deadline = self._loop.call_later(deadline, self._on_deadline)
+
+    @property
+    def progress(self) -> int:
+        """Handshake messages completed: 0 before msg1, 1 once msg2 is out, 2 once the client proved
+        its key (msg3)."""
+        if self.peer_id is not None:
+            return 2
+        return 0 if self._channel.state is ch.ChannelState.AWAIT_MSG1 else 1
+
+    def evict(self) -> None:
+        """The limiter gave our slot to a newer connection."""
+        self._pending = False
+        _log_once.warning(
+            self.source,
+            "handshake slots full; closing the slowest half-open connections",
+            repeats="half-open connections closed to make room",
+        )
+        self._settled()
+        self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._settled()
@@ -375,14 +469,14 @@ class ServerConnection(SecureConnection):
     def _settled(self) -> None:
         if self._pending:
             self._pending = False
-            self._limiter.release(self._ip)
+            self._limiter.release(self)
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
     def _on_deadline(self) -> None:
         self._deadline = None
-        _log_once.warning(self._ip, "handshake not completed in time")
+        _log_once.warning(self.source, "handshake not completed in time", repeats="handshakes timed out")
         self.abort()
 
     def control(self, message: sess.Message) -> None:
@@ -414,7 +508,9 @@ class ServerConnection(SecureConnection):
                 raise ProtocolError(f"unexpected {type(message).__name__} before hello")
 
     def _deny(self, reason: str) -> None:
-        log.info("%s (%s): denied: %s", self.peer, self._host.label(self.peer_id or b""), reason)
+        # Keyed by source, not by key: anyone can mint keys, so per-key lines would be a flood.
+        label = self._host.label(self.peer_id or b"")
+        _denials.warning(self.source, f"denied: {reason}", label, repeats=f"denials ({reason})")
         self.send_control(sess.Deny(reason=reason))
         self.close()
 

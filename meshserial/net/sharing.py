@@ -6,8 +6,11 @@ session's set-commands are answered with the values in use and never applied, so
 sees immediately that nothing changed.
 
 Back-pressure: when the holder's connection cannot keep up, the device is paused (the UART or kernel flow
-control then acts, as with a slow local reader). A watcher never slows the holder down: a watcher whose
-connection falls more than :data:`WATCHER_BACKLOG` behind is dropped.
+control then acts, as with a slow local reader), so what the server holds for the holder stays near the
+session's flow-control window. A watcher never slows the holder down, and whatever it does (stops
+reading, sends FLOWCONTROL-SUSPEND, loses its connection) the server holds at most
+:data:`SESSION_HOLD_LIMIT` bytes for it: unacknowledged output, the socket's send buffer and output held
+back by a suspend, together. A watcher over that limit is dropped and told why.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ from meshserial.proto.settings import FlowControl, ModemState, Parity, SerialSet
 
 log = logging.getLogger(__name__)
 
-WATCHER_BACKLOG = 4 * 1024 * 1024
+#: What the server holds for one session at most (a watcher beyond it is dropped): twice the resume
+#: window, since the unacknowledged bytes are held once in plain text for a resume and once sealed in the
+#: socket's send buffer.
+SESSION_HOLD_LIMIT = 4 * 1024 * 1024
 SCROLLBACK_BYTES = 64 * 1024
 
 
@@ -55,10 +61,12 @@ class Session(Protocol):
         """Modem-line change or device lost/back."""
 
     def backlog(self) -> int:
-        """Bytes queued towards this session's peer."""
+        """Bytes the server holds for this session: queued towards its peer, not yet acknowledged, or
+        held back by a suspend."""
 
     def kick(self, reason: str) -> None:
-        """End the session (revoked, replaced, watcher too slow)."""
+        """End the session (revoked, replaced, watcher too slow), telling the peer ``reason`` if the
+        transport can carry it."""
 
     def pause_reading(self) -> None:
         """Stop taking data from the peer (the device is backed up)."""
@@ -333,9 +341,18 @@ class SharedPort:
     def port_data(self, data: bytes) -> None:
         self._remember(data)
         for session, mode in list(self._sessions.items()):
-            if mode is Mode.READ_ONLY and session.backlog() > WATCHER_BACKLOG:
+            if mode is Mode.READ_ONLY and (held := session.backlog()) > SESSION_HOLD_LIMIT:
+                log.warning(
+                    "%s: dropping watcher %s: %d bytes of output waiting for it",
+                    self.name,
+                    session.label,
+                    held,
+                )
                 self.detach(session)
-                session.kick("watcher too slow")
+                session.kick(
+                    f"watcher too slow: more than {SESSION_HOLD_LIMIT // (1024 * 1024)} MiB of output "
+                    "waiting for it (reconnect to continue from the current output)"
+                )
                 continue
             session.deliver(data)
 

@@ -41,6 +41,8 @@ class Carrier(Protocol):
 
     def tcp_info(self, name: str, default: Any = None) -> Any: ...
 
+    def tcp_buffer_size(self) -> int: ...
+
 
 class StreamUser(Protocol):
     """The protocol above the stream (RFC 2217): an asyncio protocol's callbacks."""
@@ -87,7 +89,11 @@ class StreamTransport(asyncio.Transport):
         return not self._stream.reading_paused
 
     def get_write_buffer_size(self) -> int:
-        return self._stream.replay.size
+        """What the session holds towards its peer: unacknowledged bytes (kept for a resume) plus what
+        still waits in the current connection's socket buffer."""
+        carrier = self._stream.carrier
+        queued = carrier.tcp_buffer_size() if carrier is not None else 0
+        return self._stream.replay.size + queued
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         carrier = self._stream.carrier

@@ -94,11 +94,15 @@ class PtyPort(Port):
         *,
         link: Path | None = None,
         settings: SerialSettings = SerialSettings(),  # noqa: B008 - frozen dataclass
-        mode: int = 0o660,
+        mode: int | None = None,
         group: str | None = None,
         hold: int = 0,
     ) -> None:
-        """``hold``: keep up to this many bytes that arrive while no application has the port open,
+        """``mode``: permissions of the PTY: by default 0600, only its owner (``openpty`` hands out
+        0620 with group ``tty``, which lets others write to it, and what crosses it is a remote device's
+        traffic); 0660 when a ``group`` is given, for a service user's application.
+
+        ``hold``: keep up to this many bytes that arrive while no application has the port open,
         and deliver them when one opens it (for replayed scrollback); 0 drops them like a UART."""
         self.name = str(link) if link is not None else "pty"
         self._hold_limit = hold
@@ -106,7 +110,7 @@ class PtyPort(Port):
         self.capabilities = CAPABILITIES
         self._link = link
         self._settings = settings
-        self._mode = mode
+        self._mode = mode if mode is not None else (0o660 if group is not None else 0o600)
         self._group = group
         self._state = PtyState.NEW
         self._master = -1

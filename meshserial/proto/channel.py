@@ -229,7 +229,9 @@ class SecureChannel:
         self._remote_static: bytes | None = None
         self._rbuf = bytearray()
         self._out: list[bytes] = []
-        self._error: MeshserialError | None = None
+        # The first failure, kept without its traceback: the traceback's frames hold whoever fed us
+        # the bytes, and a failed connection must be freed at once, not at the next garbage collection.
+        self._error: tuple[type[MeshserialError], str] | None = None
         self._close_sent = False
         self._rekey_after_records = rekey_after_records
         self._rekey_after_bytes = rekey_after_bytes
@@ -274,10 +276,11 @@ class SecureChannel:
     def _check_usable(self) -> None:
         error = self._error
         if error is not None:
-            raise type(error)(f"the channel already failed: {error}") from error
+            kind, text = error
+            raise kind(f"the channel already failed: {text}")
 
     def _fail(self, error: MeshserialError) -> None:
-        self._error = error
+        self._error = (type(error), str(error))
         self._state = ChannelState.FAILED
         # Nothing more may be sent, and key material should not outlive the connection.
         self._out.clear()

@@ -1,7 +1,9 @@
 """Client side of the rendezvous service: fetch and verify records, keep our own record registered.
 
 The rendezvous is untrusted.  :func:`fetch_records` verifies every envelope itself and re-applies the filters
-the service was asked for (a lying service can withhold records, never forge or alter one).  A verified record
+the service was asked for (a lying service can withhold records, never forge or alter one).  It follows the
+service's pages to the end, within bounds on time, pages, records and bytes that a hostile service cannot
+stretch.  A verified record
 is still only a hint of where a server *may* be reached: the handshake against a pinned key decides who it is.
 
 :class:`Registrar` keeps one server's record fresh: it signs a new record (new ``seq``, new expiry) at about
@@ -18,39 +20,32 @@ import json
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 import nacl.signing
 
 from meshserial.errors import ConnectError, NetworkError, ProtocolError, Refused, UsageError
+from meshserial.logonce import LogOnce
 from meshserial.proto import records
 from meshserial.proto.records import PortInfo, Record
+from meshserial.proto.text import escape
 
 log = logging.getLogger(__name__)
 
 RECORDS_PATH = "/v1/records"
-MAX_RESPONSE = 32 * 1024 * 1024  # 10 000 records are ~6 MiB
+# Bounds on one listing, all its pages together; an honest service stays well within them.
+MAX_RESPONSE = 32 * 1024 * 1024  # bytes (10 000 typical records are ~5 MiB)
+MAX_RECORDS = 100_000  # envelopes, valid or not (the service's default capacity)
+MAX_PAGES = 256  # a page is up to ~512 KiB, so 32 MiB needs 64 of them
+MAX_CURSOR = 512  # characters of one ``next`` cursor
+PAGE_LIMIT = 1000  # records asked for per page; the service may send fewer
 DEFAULT_TTL = 3600.0
 
 
-class _LogOnce:
-    def __init__(self, max_entries: int = 1024) -> None:
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._max = max_entries
-
-    def __call__(self, source: str, reason: str) -> None:
-        if (source, reason) in self._seen:
-            return
-        self._seen[(source, reason)] = None
-        if len(self._seen) > self._max:
-            self._seen.popitem(last=False)
-        log.warning("rendezvous %s: dropped an invalid record: %s", source, reason)
-
-
-_log_invalid = _LogOnce()
+_log_invalid = LogOnce(log, message="rendezvous %s: dropped an invalid record: %s")
 
 
 def records_url(url: str) -> str:
@@ -93,11 +88,15 @@ async def fetch_records(
     """Fetch records from a rendezvous and return those whose signature and validity verify.
 
     ``id`` is a 32-byte server key (raw or base64url).  Invalid records are dropped and logged once per
-    rendezvous and reason; the newest record per identity wins.  Raises ConnectError/NetworkError when the
-    service cannot be reached or answers an error, Refused on 401/403, ProtocolError on a malformed answer.
+    rendezvous and reason; the newest record per identity wins.  The service's pages are followed until the
+    last one; ``timeout`` bounds the whole listing, as do :data:`MAX_PAGES`, :data:`MAX_RECORDS` and
+    :data:`MAX_RESPONSE`.  Raises ConnectError/NetworkError when the service cannot be reached or answers an
+    error, Refused on 401/403, ProtocolError on a malformed answer.  Once a page has arrived, a later failure
+    or a bound only ends the listing early: the records verified so far are returned and a warning is logged
+    (a service can always withhold records; what it did send still verifies).
     """
     server_id: bytes | None = None
-    params: dict[str, str] = {}
+    params: dict[str, str] = {"limit": str(PAGE_LIMIT)}
     if id is not None:
         try:
             server_id = id if isinstance(id, bytes) else records.parse_server_id(id)
@@ -109,20 +108,100 @@ async def fetch_records(
     if name is not None:
         params["name"] = name
     target = records_url(url)
+    listing = _Listing(target, name=name, server_id=server_id, now=time.time() if now is None else now)
     async with contextlib.AsyncExitStack() as stack:
         if session is None:
             session = await stack.enter_async_context(aiohttp.ClientSession())
         try:
             async with asyncio.timeout(timeout):
-                response = await stack.enter_async_context(
-                    session.get(target, params=params, headers=_auth(token))
-                )
-                if response.status != 200:
-                    raise _status_error(response.status, "query")
-                body = await _read_capped(response, MAX_RESPONSE)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ConnectError(f"cannot reach rendezvous {target}: {exc or type(exc).__name__}") from exc
-    return parse_listing(body, source=target, name=name, server_id=server_id, now=now)
+                await _follow_pages(session, target, params, token, listing)
+        except (aiohttp.ClientError, TimeoutError, OSError, NetworkError, ProtocolError, Refused) as exc:
+            if listing.pages == 0:
+                if isinstance(exc, NetworkError | ProtocolError | Refused):
+                    raise
+                raise ConnectError(f"cannot reach rendezvous {target}: {exc or type(exc).__name__}") from exc
+            log.warning(
+                "rendezvous %s: listing cut short after %d pages (%d records): %s",
+                target,
+                listing.pages,
+                len(listing.newest),
+                escape(str(exc) or type(exc).__name__, 200),
+            )
+    return list(listing.newest.values())
+
+
+async def _follow_pages(
+    session: aiohttp.ClientSession,
+    target: str,
+    params: dict[str, str],
+    token: str | None,
+    listing: _Listing,
+) -> None:
+    cursor: str | None = None
+    seen: set[str] = set()
+    while True:
+        query = params if cursor is None else {**params, "cursor": cursor}
+        async with session.get(target, params=query, headers=_auth(token)) as response:
+            if response.status != 200:
+                raise _status_error(response.status, "query")
+            try:
+                body = await _read_capped(response, MAX_RESPONSE - listing.size)
+            except ProtocolError as exc:
+                raise ProtocolError(f"rendezvous listing larger than {MAX_RESPONSE} bytes") from exc
+        cursor = listing.add(body)
+        if cursor is None:  # the last page, or a service older than pages that sent everything at once
+            return
+        # A service that loops or never ends is cut off; an honest one ends well within these bounds.
+        if cursor in seen:
+            raise ProtocolError("rendezvous repeated a page cursor")
+        if listing.pages >= MAX_PAGES or listing.items >= MAX_RECORDS:
+            raise ProtocolError(f"rendezvous listing longer than {MAX_PAGES} pages or {MAX_RECORDS} records")
+        seen.add(cursor)
+
+
+class _Listing:
+    """The pages of one listing received so far: the newest verified record per identity, and the totals."""
+
+    def __init__(self, source: str, *, name: str | None, server_id: bytes | None, now: float) -> None:
+        self.source, self.name, self.server_id, self.now = source, name, server_id, now
+        self.newest: dict[bytes, Record] = {}
+        self.pages = self.items = self.size = 0
+
+    def add(self, body: bytes) -> str | None:
+        """Take one page; return its ``next`` cursor.  ProtocolError if it is not a listing."""
+        items, cursor = _parse_page(body, self.source)
+        self.pages += 1
+        self.items += len(items)
+        self.size += len(body)
+        for item in items:
+            try:
+                record = records.verify_envelope(item, now=self.now)
+            except records.RecordError as exc:
+                _log_invalid.warning(self.source, exc.reason, repeats="invalid records dropped")
+                continue
+            if self.server_id is not None and record.server_id != self.server_id:
+                continue
+            if self.name is not None and self.name not in record.names:
+                continue
+            current = self.newest.get(record.server_id)
+            if current is None or record.seq > current.seq:
+                self.newest[record.server_id] = record
+        return cursor
+
+
+def _parse_page(body: bytes, source: str) -> tuple[list[Any], str | None]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"rendezvous {source} sent invalid JSON") from exc
+    items = doc.get("records") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise ProtocolError(f"rendezvous {source} sent no record list")
+    cursor = doc.get("next")  # absent (or null) on the last page
+    valid = isinstance(cursor, str) and 0 < len(cursor) <= MAX_CURSOR and cursor.isprintable()
+    if cursor is not None and not (valid and cursor.isascii()):
+        raise ProtocolError(f"rendezvous {source} sent an invalid page cursor")
+    return items, cursor
 
 
 def parse_listing(
@@ -133,30 +212,10 @@ def parse_listing(
     server_id: bytes | None = None,
     now: float | None = None,
 ) -> list[Record]:
-    """Verify the envelopes of a ``GET /v1/records`` body; keep the newest valid record per identity."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"rendezvous {source} sent invalid JSON") from exc
-    items = doc.get("records") if isinstance(doc, dict) else None
-    if not isinstance(items, list):
-        raise ProtocolError(f"rendezvous {source} sent no record list")
-    when = time.time() if now is None else now
-    newest: dict[bytes, Record] = {}
-    for item in items:
-        try:
-            record = records.verify_envelope(item, now=when)
-        except records.RecordError as exc:
-            _log_invalid(source, exc.reason)
-            continue
-        if server_id is not None and record.server_id != server_id:
-            continue
-        if name is not None and name not in record.names:
-            continue
-        current = newest.get(record.server_id)
-        if current is None or record.seq > current.seq:
-            newest[record.server_id] = record
-    return list(newest.values())
+    """Verify the envelopes of one ``GET /v1/records`` page; keep the newest valid record per identity."""
+    listing = _Listing(source, name=name, server_id=server_id, now=time.time() if now is None else now)
+    listing.add(body)
+    return list(listing.newest.values())
 
 
 class Registrar:
@@ -337,7 +396,8 @@ class Registrar:
             reason = str(exc) or type(exc).__name__
         self.failures += 1
         if self.last_error is None or self.failures == 1:
-            log.warning("rendezvous %s: registration failed (%s); will retry", self._url, reason)
+            # An HTTP library error can quote what the service sent (a status line, a header).
+            log.warning("rendezvous %s: registration failed (%s); will retry", self._url, escape(reason, 200))
         self.last_error = reason
         return self._backoff(retry_after)
 
@@ -382,7 +442,7 @@ class Registrar:
                 now=self._clock(),
             )
         except (NetworkError, ProtocolError, Refused) as exc:
-            log.debug("rendezvous %s: cannot resync seq: %s", self._url, exc)
+            log.debug("rendezvous %s: cannot resync seq: %s", self._url, escape(str(exc), 200))
             return False
         if found and found[0].seq >= self._seq:
             self._seq = found[0].seq
@@ -404,7 +464,9 @@ class Registrar:
                     )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning(
-                "rendezvous %s: withdrawing our record failed: %s", self._url, exc or type(exc).__name__
+                "rendezvous %s: withdrawing our record failed: %s",
+                self._url,
+                escape(str(exc) or type(exc).__name__, 200),
             )
         self.registered_seq = None
 

@@ -12,8 +12,9 @@ from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7218
+DEFAULT_MAX_IDS_PER_SOURCE = 32  # server identities with a live record per client address (IPv6: per /64)
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings", "make_app", "serve"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_MAX_IDS_PER_SOURCE", "DEFAULT_PORT", "Settings", "make_app", "serve"]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,15 +3,21 @@
 Routes (all errors are ``{"error": code, "reason": text}`` JSON)::
 
     POST   /v1/records   signed record envelope -> 204 + Reannounce-After | 400 401 403 409 413 429
-    GET    /v1/records   ?name=PORT &id=B64URL -> 200 {"records": [envelope, ...]} | 400 401 429
+    GET    /v1/records   ?name=PORT &id=B64URL &limit=N &cursor=C
+                         -> 200 {"records": [envelope, ...], "next": C | null} | 400 401 429
     DELETE /v1/records   signed delete request -> 204 | 400 401 403 404 409 413 429
     GET    /healthz      -> 200 {"status": "ok", "records": N}
 
 Order of checks on a write, cheapest first, so that nothing expensive happens for a refused request: per-IP
 rate limit, bearer token, ``Content-Length`` (refused before any byte of the body is read), bounded read
-(``client_max_size`` covers chunked bodies), signature and freshness, allow-list, then the seq check inside
-the store.  Malformed input of any kind is answered by a 4xx chosen here; the outer middleware's 500 is only a
-safety net for our own bugs.
+(``client_max_size`` covers chunked bodies), signature and freshness, allow-list, then inside the store the
+seq check and the per-source quota of identities.  Malformed input of any kind is answered by a 4xx chosen
+here; the outer middleware's 500 is only a safety net for our own bugs.
+
+Every limit is accounted to the client address: the TCP peer, or, when the peer is one of the configured
+``trusted_proxies``, the right-most ``X-Forwarded-For`` hop that is not itself a trusted proxy (the hops to
+its left were written by the client and prove nothing).  IPv6 clients are grouped by /64, because one host
+commonly holds a whole /64; IPv4-mapped IPv6 addresses count as the IPv4 address.
 """
 
 from __future__ import annotations
@@ -26,25 +32,38 @@ import logging
 import math
 import re
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
-from meshserial import paths
+from meshserial import paths, ratelimit
 from meshserial.errors import ConfigError, KeyFileError, MeshserialError, NetworkError, PortBusy, UsageError
 from meshserial.keys import ID_HRP, parse_id
+from meshserial.logonce import LogOnce
 from meshserial.proto import records
-from meshserial.rendezvous import DEFAULT_HOST, DEFAULT_PORT
-from meshserial.rendezvous.store import DeleteOutcome, PutOutcome, RecordStore
+from meshserial.ratelimit import TokenBuckets
+from meshserial.rendezvous import DEFAULT_HOST, DEFAULT_MAX_IDS_PER_SOURCE, DEFAULT_PORT
+from meshserial.rendezvous.store import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    DeleteOutcome,
+    PutOutcome,
+    RecordStore,
+    decode_cursor,
+)
 
 log = logging.getLogger(__name__)
 
 DB_FILENAME = "rendezvous.sqlite3"
 MAX_BODY = records.MAX_ENVELOPE_SIZE
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+_LIMIT = re.compile(r"[0-9]{1,9}")
+MAX_FORWARDED_HOPS = 16  # X-Forwarded-For hops examined, right to left; a longer chain stops at a proxy
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,13 +84,15 @@ class Settings:
     allow_file: Path | None = None
     max_ttl: int = records.DEFAULT_MAX_TTL
     max_records: int = 100_000
+    max_ids_per_source: int = DEFAULT_MAX_IDS_PER_SOURCE  # identities with a live record per client address
     rate_limit: bool = True
     write_rate: float = 0.2  # tokens per second per client address (POST, DELETE)
     write_burst: int = 20
     read_rate: float = 5.0  # GET
     read_burst: int = 50
-    # Peers whose X-Forwarded-For (last hop) is believed: a reverse proxy on this host by default.
-    trusted_proxies: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+    # Peers whose X-Forwarded-For is believed.  None by default: anyone who can connect can send the header,
+    # a reverse proxy on this host included, so believing loopback would let any local user pick its address.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     sweep_interval: float = 60.0
     clock: Callable[[], float] = field(default=time.time)
 
@@ -90,53 +111,15 @@ class _ApiError(MeshserialError):
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-class _TokenBuckets:
-    """Per-client token buckets in a bounded LRU table (an attacker with many addresses only evicts)."""
-
-    def __init__(self, rate: float, burst: int, max_clients: int = 10_000) -> None:
-        self._rate, self._burst, self._max = rate, float(burst), max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def take(self, key: str, now: float) -> float:
-        """Take one token; return 0 if allowed, else the seconds until one is available."""
-        tokens, last = self._buckets.pop(key, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - last) * self._rate)
-        wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
-        else:
-            wait = (1.0 - tokens) / self._rate if self._rate > 0 else 3600.0
-        self._buckets[key] = (tokens, now)
-        if len(self._buckets) > self._max:
-            self._buckets.popitem(last=False)
-        return wait
-
-
-class _LogOnce:
-    """Log malformed input at most once per (peer, reason), in a bounded memory."""
-
-    def __init__(self, max_entries: int = 4096) -> None:
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._max = max_entries
-
-    def __call__(self, peer: str, reason: str) -> None:
-        key = (peer, reason)
-        if key in self._seen:
-            return
-        self._seen[key] = None
-        if len(self._seen) > self._max:
-            self._seen.popitem(last=False)
-        log.info("rendezvous: refused request from %s: %s", peer, reason)
-
-
 @dataclass(slots=True, kw_only=True)
 class _State:
     settings: Settings
     token: bytes | None
     allowed: frozenset[bytes] | None
-    reads: _TokenBuckets
-    writes: _TokenBuckets
-    log_once: _LogOnce
+    reads: TokenBuckets
+    writes: TokenBuckets
+    log_once: LogOnce
+    told_forwarded: bool = False  # the hint about an ignored X-Forwarded-For was logged
 
 
 _STATE_KEY = web.AppKey("state", _State)
@@ -181,22 +164,61 @@ def read_allow_file(path: Path) -> frozenset[bytes]:
     return frozenset(ids)
 
 
-def _peer(request: web.Request, state: _State) -> str:
-    """Rate-limit key: the client address (IPv6 by /64); X-Forwarded-For only from trusted proxies."""
-    remote = request.remote or "unknown"
-    if remote in state.settings.trusted_proxies:
-        forwarded = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
-        if forwarded:
-            remote = forwarded
+def _ip(text: str) -> IPAddress | None:
     try:
-        ip = ipaddress.ip_address(remote)
+        ip = ipaddress.ip_address(text.strip())
     except ValueError:
-        return remote[:64]
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 client
+    return ip
+
+
+def client_address(
+    remote: str | None, forwarded: Sequence[str], trusted: Sequence[IPNetwork]
+) -> IPAddress | None:
+    """The address a request is accounted to (None if the peer has no IP address).
+
+    ``forwarded`` holds the ``X-Forwarded-For`` header values in order.  Starting at the TCP peer, step one
+    hop to the left for as long as the current address is a trusted proxy: each proxy appends the address it
+    received the request from, so the first untrusted address met is the client.  A hop that is not an IP
+    address, or a chain longer than :data:`MAX_FORWARDED_HOPS`, stops the walk at the last trusted proxy.
+    """
+    ip = _ip(remote) if remote else None
+    if ip is None or not trusted:
+        return ip
+    hops = [hop for value in forwarded for hop in value.split(",")][-MAX_FORWARDED_HOPS:]
+    for hop in reversed(hops):
+        if not any(ip in network for network in trusted):
+            break
+        previous = _ip(hop)
+        if previous is None:
+            break
+        ip = previous
+    return ip
+
+
+def source_key(ip: IPAddress | None) -> str:
+    """The key of rate limits and quotas: the IPv4 address, or the /64 of an IPv6 address."""
+    return "unknown" if ip is None else ratelimit.source_key(str(ip))
+
+
+def _peer(request: web.Request, state: _State) -> str:
+    """The request's source key (see :func:`client_address`)."""
+    trusted = state.settings.trusted_proxies
+    forwarded = request.headers.getall("X-Forwarded-For", [])
+    if forwarded and not state.told_forwarded:
+        peer = _ip(request.remote or "")
+        if peer is not None and not any(peer in network for network in trusted):
+            # Once per process: behind a proxy that was not named, all clients share the proxy's limits.
+            state.told_forwarded = True
+            log.warning(
+                "rendezvous: ignoring X-Forwarded-For from %s; if that is your reverse proxy, "
+                "start with --trust-proxy %s",
+                peer,
+                peer,
+            )
+    return source_key(client_address(request.remote, forwarded, trusted))
 
 
 def _json_error(
@@ -255,7 +277,7 @@ def _check_token(request: web.Request, state: _State) -> None:
 
 
 def _refuse(request: web.Request, state: _State, reason: str) -> None:
-    state.log_once(_peer(request, state), reason)
+    state.log_once.warning(_peer(request, state), reason, repeats=f"refused requests ({reason})")
 
 
 async def _read_body(request: web.Request, state: _State) -> bytes:
@@ -295,8 +317,9 @@ async def _post_record(request: web.Request) -> web.StreamResponse:
     except records.RecordError as exc:
         raise _record_error(request, state, exc) from exc
     _check_allowed(request, state, record.server_id)
+    source = _peer(request, state)
     try:
-        outcome = await request.app[STORE_KEY].put(record, now=now)
+        outcome = await request.app[STORE_KEY].put(record, source=source, now=now)
     except ConfigError as exc:
         log.error("rendezvous: %s", exc)
         raise _ApiError(503, "unavailable", "storage unavailable", {"Retry-After": "30"}) from exc
@@ -305,6 +328,18 @@ async def _post_record(request: web.Request) -> web.StreamResponse:
         raise _ApiError(409, "stale-seq", f"seq {record.seq} is not greater than the stored seq {stored}")
     if outcome is PutOutcome.FULL:
         raise _ApiError(503, "full", "rendezvous is full", {"Retry-After": "300"})
+    if outcome is PutOutcome.TOO_MANY_IDS:
+        _refuse(request, state, "too many identities")
+        frees = request.app[STORE_KEY].next_expiry(source, now)
+        wait = 60 if frees is None else max(1, math.ceil(frees - now))
+        limit = state.settings.max_ids_per_source
+        raise _ApiError(
+            429,
+            "too-many-ids",
+            f"{source} already has live records for {limit} server identities, the most this rendezvous"
+            " accepts from one address; withdraw one or wait until one expires",
+            {"Retry-After": str(wait)},
+        )
     reannounce = max(1, int((record.expires - now) / 2))
     return web.Response(status=204, headers={"Reannounce-After": str(reannounce)})
 
@@ -355,7 +390,23 @@ async def _get_records(request: web.Request) -> web.StreamResponse:
         except records.RecordError as exc:
             _refuse(request, state, "invalid id query")
             raise _ApiError(400, "bad-query", "id must be a base64url 32-byte key") from exc
-    body = request.app[STORE_KEY].listing(now=state.settings.clock(), name=name, server_id=server_id)
+    limit_text = _one_query_value(request, state, "limit")
+    limit = DEFAULT_PAGE
+    if limit_text is not None:
+        if _LIMIT.fullmatch(limit_text) is None or int(limit_text) == 0:
+            _refuse(request, state, "invalid limit query")
+            raise _ApiError(400, "bad-query", "limit must be a whole number of at least 1")
+        limit = min(int(limit_text), MAX_PAGE)  # more is not an error: the client just gets more pages
+    cursor = _one_query_value(request, state, "cursor")
+    after = None
+    if cursor is not None:
+        try:
+            after = decode_cursor(cursor)
+        except ValueError as exc:
+            _refuse(request, state, "invalid cursor query")
+            raise _ApiError(400, "bad-query", "invalid cursor: pass the 'next' of the previous page") from exc
+    now = state.settings.clock()
+    body = request.app[STORE_KEY].listing(now=now, name=name, server_id=server_id, after=after, limit=limit)
     return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
@@ -378,7 +429,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     state: _State = app[_STATE_KEY]
     settings = state.settings
     store = await RecordStore.open(
-        _db_path(settings), max_ttl=settings.max_ttl, max_records=settings.max_records, now=settings.clock()
+        _db_path(settings),
+        max_ttl=settings.max_ttl,
+        max_records=settings.max_records,
+        max_ids_per_source=settings.max_ids_per_source,
+        now=settings.clock(),
     )
     app[STORE_KEY] = store
     # The sweeper lives exactly as long as the application: started here, cancelled and awaited below.
@@ -410,15 +465,17 @@ def make_app(settings: Settings) -> web.Application:
         raise ConfigError("give the rendezvous token either inline or as a file, not both")
     if settings.allowed_ids is not None and settings.allow_file is not None:
         raise ConfigError("give the rendezvous allow-list either inline or as a file, not both")
+    if settings.max_ids_per_source < 1:
+        raise ConfigError("the rendezvous must accept at least one identity per address")
     token = settings.token if settings.token_file is None else read_token_file(settings.token_file)
     allowed = settings.allowed_ids if settings.allow_file is None else read_allow_file(settings.allow_file)
     state = _State(
         settings=settings,
         token=None if token is None else token.encode(),
         allowed=allowed,
-        reads=_TokenBuckets(settings.read_rate, settings.read_burst),
-        writes=_TokenBuckets(settings.write_rate, settings.write_burst),
-        log_once=_LogOnce(),
+        reads=TokenBuckets(settings.read_rate, settings.read_burst),
+        writes=TokenBuckets(settings.write_rate, settings.write_burst),
+        log_once=LogOnce(log, level=logging.INFO, message="rendezvous: refused request from %s: %s"),
     )
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_error_middleware, _rate_limit_middleware])
     app[_STATE_KEY] = state

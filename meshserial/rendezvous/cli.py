@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshserial.errors import UsageError
-from meshserial.rendezvous import DEFAULT_HOST, DEFAULT_PORT
+from meshserial.rendezvous import DEFAULT_HOST, DEFAULT_MAX_IDS_PER_SOURCE, DEFAULT_PORT
 
 if TYPE_CHECKING:
     from meshserial.rendezvous.app import Settings
@@ -43,6 +43,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="only these server ids may register (one id per line, ms1… or base64url, '#' comments)",
     )
+    parser.add_argument(
+        "--trust-proxy",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        help="believe X-Forwarded-For from this reverse proxy (an address or a network; repeatable). "
+        "Without it the header is ignored and the TCP peer is the client",
+    )
+    parser.add_argument(
+        "--max-ids-per-source",
+        metavar="N",
+        default=str(DEFAULT_MAX_IDS_PER_SOURCE),
+        help="how many server identities one client address (IPv6: one /64) may keep live records for "
+        f"(default {DEFAULT_MAX_IDS_PER_SOURCE})",
+    )
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -64,17 +79,34 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", port
 
 
+def parse_proxy(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``ADDRESS`` (one host: /32 or /128) or ``NETWORK/PREFIX`` → a network; UsageError otherwise."""
+    try:
+        network = ipaddress.ip_network(text.strip())
+    except ValueError as exc:
+        # ip_network's own message says what is wrong ("has host bits set", "does not appear to be ...").
+        raise UsageError(f"--trust-proxy: {exc}") from exc
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
+        raise UsageError(f"--trust-proxy: write IPv4-mapped addresses as IPv4: {text!r}")
+    return network
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Build :class:`Settings` from parsed arguments."""
     from meshserial.rendezvous.app import Settings  # noqa: PLC0415 - aiohttp only when serving
 
     host, port = parse_listen(args.listen)
+    text = args.max_ids_per_source
+    if not (text.isascii() and text.isdigit() and 0 < len(text) <= 9 and int(text) > 0):
+        raise UsageError(f"--max-ids-per-source wants a whole number of at least 1, got {text!r}")
     return Settings(
         host=host,
         port=port,
         db_path=args.db,
         token_file=args.token_file,
         allow_file=args.allow_file,
+        trusted_proxies=tuple(dict.fromkeys(parse_proxy(text) for text in args.trust_proxy)),
+        max_ids_per_source=int(text),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from pathlib import Path
 
@@ -66,13 +67,13 @@ async def test_post_then_get_returns_envelopes_verbatim(
             bytes(key.verify_key)
         ]
         _, doc = await server.get("?name=nothing")
-        assert doc == {"records": []}
+        assert doc == {"records": [], "next": None}
         _, doc = await server.get("?id=" + records.b64url_encode(bytes(other_key().verify_key)))
         assert len(doc["records"]) == 1
         _, doc = await server.get("?id=" + records.b64url_encode(bytes(other_key(2).verify_key)))
-        assert doc == {"records": []}
+        assert doc == {"records": [], "next": None}
         _, doc = await server.get("?name=gps&id=" + records.b64url_encode(bytes(other_key().verify_key)))
-        assert doc == {"records": []}
+        assert doc == {"records": [], "next": None}
         found = await fetch_records(server.url, name="gps", session=server.session, now=T0)
         assert [r.envelope for r in found] == [env]
         async with server.session.get(server.url + "/healthz") as response:
@@ -364,7 +365,7 @@ async def test_delete(settings: Settings, clock: FakeClock, key: nacl.signing.Si
         delete = records.sign_delete(key, seq=5, ts=int(T0))
         assert (await server.delete(delete)).status == 204
         _, doc = await server.get()
-        assert doc == {"records": []}
+        assert doc == {"records": [], "next": None}
         replay = await server.delete(delete)
         assert_json_error(replay.status, replay._body or b"", 404, "not-found")
         # The tombstone keeps the seq: the deleted record cannot be replayed back in.
@@ -408,13 +409,15 @@ async def test_rate_limit_keys_on_forwarded_for_only_from_trusted_proxies(
     settings: Settings, key: nacl.signing.SigningKey
 ) -> None:
     limited = with_settings(settings, rate_limit=True, read_burst=1, read_rate=0.001)
-    async with running(limited) as server:  # loopback is a trusted proxy by default
+    proxies = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+    async with running(with_settings(limited, trusted_proxies=proxies)) as server:  # a proxy on this host
         assert (await server.get(**{"X-Forwarded-For": "198.51.100.1"}))[0] == 200
         assert (await server.get(**{"X-Forwarded-For": "198.51.100.1"}))[0] == 429
         assert (await server.get(**{"X-Forwarded-For": "spoof, 198.51.100.2"}))[0] == 200
         assert (await server.get(**{"X-Forwarded-For": "2001:db8::1"}))[0] == 200
         assert (await server.get(**{"X-Forwarded-For": "2001:db8::2"}))[0] == 429  # same /64
-        assert (await server.get(**{"X-Forwarded-For": "not an ip"}))[0] == 200
-    async with running(with_settings(limited, trusted_proxies=frozenset())) as server:
+        assert (await server.get(**{"X-Forwarded-For": "not an ip"}))[0] == 200  # the proxy's own bucket
+        assert (await server.get(**{"X-Forwarded-For": "garbage"}))[0] == 429  # ... not one per spelling
+    async with running(limited) as server:  # by default no proxy is trusted, loopback included
         assert (await server.get(**{"X-Forwarded-For": "198.51.100.1"}))[0] == 200
         assert (await server.get(**{"X-Forwarded-For": "198.51.100.3"}))[0] == 429  # header ignored

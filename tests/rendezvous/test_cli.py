@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import socket
 from pathlib import Path
@@ -12,8 +13,14 @@ import aiohttp
 import pytest
 
 from meshserial.errors import PortBusy, UsageError
-from meshserial.rendezvous import DEFAULT_PORT, serve
-from meshserial.rendezvous.cli import add_arguments, parse_listen, run_from_args, settings_from_args
+from meshserial.rendezvous import DEFAULT_MAX_IDS_PER_SOURCE, DEFAULT_PORT, serve
+from meshserial.rendezvous.cli import (
+    add_arguments,
+    parse_listen,
+    parse_proxy,
+    run_from_args,
+    settings_from_args,
+)
 
 from .conftest import async_test
 
@@ -49,6 +56,49 @@ def test_settings_from_args(tmp_path: Path) -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", DEFAULT_PORT)
     assert settings.db_path == tmp_path / "x.db"
     assert settings.token_file == Path("t") and settings.allow_file == Path("a")
+    assert settings.trusted_proxies == ()  # nobody's X-Forwarded-For is believed unless named
+    assert settings.max_ids_per_source == DEFAULT_MAX_IDS_PER_SOURCE == 32
+
+
+def test_trust_proxy_and_quota_flags() -> None:
+    args = parse(
+        "--trust-proxy", "127.0.0.1", "--trust-proxy", "10.8.0.0/16", "--trust-proxy", "::1",
+        "--trust-proxy", "127.0.0.1", "--max-ids-per-source", "200",
+    )  # fmt: skip
+    settings = settings_from_args(args)
+    assert settings.trusted_proxies == tuple(
+        ipaddress.ip_network(n) for n in ("127.0.0.1/32", "10.8.0.0/16", "::1/128")
+    )
+    assert settings.max_ids_per_source == 200
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("192.0.2.1", "192.0.2.1/32"), ("2001:db8::/64", "2001:db8::/64"), (" fd00::1 ", "fd00::1/128")],
+)
+def test_parse_proxy(text: str, expected: str) -> None:
+    assert str(parse_proxy(text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("10.8.0.1/16", "host bits set"),
+        ("proxy.example", "does not appear to be"),
+        ("", "does not appear to be"),
+        ("10.0.0.0/33", "10.0.0.0/33"),
+        ("::ffff:10.0.0.1", "as IPv4"),
+    ],
+)
+def test_parse_proxy_refuses(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_proxy(text)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "x", "1.5", "\u0661", "9" * 10])
+def test_max_ids_per_source_refuses(text: str) -> None:
+    with pytest.raises(UsageError, match="max-ids-per-source"):
+        settings_from_args(parse(f"--max-ids-per-source={text}"))
 
 
 @async_test

@@ -7,12 +7,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import nacl.signing
 import pytest
 from aiohttp import web
 
+from meshserial.discovery import rendezvous as client
 from meshserial.discovery.rendezvous import Registrar, addresses_for, fetch_records, records_url
 from meshserial.errors import ConnectError, NetworkError, ProtocolError, Refused, UsageError
 from meshserial.proto import records
@@ -41,13 +43,46 @@ class Canned:
 
     def __init__(self, status: int = 200, body: bytes = b'{"records":[]}') -> None:
         self.status, self.body = status, body
+        self.requests = 0
 
     async def __call__(self, request: web.Request) -> web.Response:
+        self.requests += 1
         return web.Response(status=self.status, body=self.body, content_type="application/json")
 
 
+class Paged:
+    """A 'rendezvous' that hands out ``items`` a few per page, with cursors of its own making.
+
+    ``pages`` maps a page number to a replacement answer (a status, or a document) to break that page.
+    """
+
+    def __init__(self, items: list[Any], *, size: int = 2, pages: dict[int, Any] | None = None) -> None:
+        self.items, self.size, self.pages = items, size, pages or {}
+        self.queries: list[dict[str, str]] = []
+        self.release = asyncio.Event()  # a page answered with "hang" waits for this
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        self.queries.append(dict(request.query))
+        cursor = request.query.get("cursor")
+        number = 0 if cursor is None else int(cursor.removeprefix("page-"))
+        start = number * self.size
+        more = start + self.size < len(self.items)
+        doc: Any = {
+            "records": self.items[start : start + self.size],
+            "next": f"page-{number + 1}" if more else None,
+        }
+        special = self.pages.get(number)
+        if special == "hang":
+            await self.release.wait()
+        elif isinstance(special, int):
+            return web.Response(status=special)
+        elif special is not None:
+            doc = special
+        return web.json_response(doc)
+
+
 @contextlib.asynccontextmanager
-async def canned_server(canned: Canned) -> AsyncIterator[str]:
+async def canned_server(canned: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[str]:
     async def handler(request: web.Request) -> web.Response:
         return await canned(request)
 
@@ -198,3 +233,97 @@ async def test_registrar_update_and_retry_after(live: Settings) -> None:
             assert reg.last_error == "HTTP 429: too many requests"
             assert reg.delays[-1] >= 2
             await reg.aclose()
+
+
+def items(*envelopes: bytes) -> list[Any]:
+    return [json.loads(e) for e in envelopes]
+
+
+@async_test
+async def test_fetch_follows_the_pages_to_the_end() -> None:
+    old, new = envelope(k(1), seq=1), envelope(k(1), seq=2)
+    others = [envelope(k(n), names=("gps", "plc")) for n in range(2, 7)]
+    paged = Paged(items(old, *others, new))
+    async with canned_server(paged) as url:
+        found = await fetch_records(url, name="gps", now=T0)
+    assert sorted(r.envelope for r in found) == sorted([new, *others])  # the newest seq of k(1) wins
+    assert [q.get("cursor") for q in paged.queries] == [None, "page-1", "page-2", "page-3"]
+    assert all(q["name"] == "gps" and q["limit"] == str(client.PAGE_LIMIT) for q in paged.queries)
+
+
+@async_test
+async def test_fetch_from_a_service_that_sends_no_next() -> None:
+    canned = Canned(body=json.dumps({"records": items(envelope(k(1)), envelope(k(2)))}).encode())
+    async with canned_server(canned) as url:
+        assert len(await fetch_records(url, now=T0)) == 2
+    assert canned.requests == 1
+
+
+@pytest.mark.parametrize("cursor", [7, "", "x" * 513, "a\x00b", "caf\u00e9", ["page-1"]])
+@async_test
+async def test_fetch_refuses_a_malformed_cursor(cursor: object) -> None:
+    paged = Paged(items(envelope(k(1))), pages={0: {"records": [], "next": cursor}})
+    async with canned_server(paged) as url:
+        with pytest.raises(ProtocolError, match="cursor"):
+            await fetch_records(url, now=T0)
+
+
+@pytest.mark.parametrize(
+    ("bound", "value", "kept"),
+    [
+        ("MAX_PAGES", 3, 6),  # three pages asked for and kept
+        ("MAX_RECORDS", 5, 6),  # the page that passes the bound is kept, no further one is asked for
+        ("MAX_RESPONSE", 1800, 4),  # the third page would pass the bound: it is not kept
+    ],
+)
+@async_test
+async def test_an_endless_listing_is_cut_short(
+    bound: str, value: int, kept: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(client, bound, value)
+    endless = Paged(items(*(envelope(k(n)) for n in range(1, 100))))
+    assert all(340 < len(json.dumps(e)) < 360 for e in endless.items)  # two per page: ~750 bytes a page
+    caplog.set_level(logging.WARNING, "meshserial.discovery.rendezvous")
+    async with canned_server(endless) as url:
+        found = await fetch_records(url, now=T0)
+    assert len(endless.queries) == 3
+    assert len(found) == kept
+    assert any("listing cut short" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("trouble", [500, 429, {"records": "x"}, {"records": [], "next": 5}, "hang"])
+@async_test
+async def test_a_later_page_that_fails_keeps_what_came_before(
+    trouble: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    paged = Paged(items(*(envelope(k(n)) for n in range(1, 9))), pages={2: trouble})
+    caplog.set_level(logging.WARNING, "meshserial.discovery.rendezvous")
+    async with canned_server(paged) as url:
+        try:
+            found = await fetch_records(url, now=T0, timeout=2 if trouble == "hang" else 5)
+        finally:
+            paged.release.set()
+    assert sorted(r.envelope for r in found) == sorted(envelope(k(n)) for n in range(1, 5))
+    (warning,) = [r.getMessage() for r in caplog.records if "listing cut short" in r.getMessage()]
+    assert "after 2 pages (4 records)" in warning
+
+
+@async_test
+async def test_a_repeated_cursor_ends_the_listing() -> None:
+    paged = Paged(items(*(envelope(k(n)) for n in range(1, 9))), pages={1: {"records": [], "next": "page-1"}})
+    async with canned_server(paged) as url:
+        found = await fetch_records(url, now=T0)
+    assert len(found) == 2 and len(paged.queries) == 2
+
+
+@async_test
+async def test_fetch_pages_through_a_real_service(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client, "PAGE_LIMIT", 3)
+    async with running(settings) as server:
+        for n in range(1, 9):
+            assert (await server.post(envelope(k(n), names=("gps",) if n % 2 else ("plc",)))).status == 204
+        assert len(await fetch_records(server.url, session=server.session, now=T0)) == 8
+        found = await fetch_records(server.url, name="gps", session=server.session, now=T0)
+        assert sorted(r.server_id for r in found) == sorted(bytes(k(n).verify_key) for n in (1, 3, 5, 7))

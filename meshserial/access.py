@@ -88,7 +88,9 @@ class FileAuthorizer:
         short = format_id(client_id)[:14] + "…"
         return f"{entry.name} ({short})" if entry is not None and entry.name else short
 
-    def redeem(self, invite: str, proof: str, handshake_hash: bytes, client_id: bytes) -> str:
+    def redeem(
+        self, invite: str, proof: str, handshake_hash: bytes, client_id: bytes, name: str | None = None
+    ) -> str:
         """Check an invite proof and authorize ``client_id``; :class:`Refused` (with the reason in its
         cause, for our log only) when it fails."""
         try:
@@ -97,7 +99,7 @@ class FileAuthorizer:
             raise Refused("malformed invite") from None
         try:
             granted = redeem_invite(
-                invite_id, proof_bytes, handshake_hash, client_id, client_name=None, clients=self._clients
+                invite_id, proof_bytes, handshake_hash, client_id, client_name=name, clients=self._clients
             )
         except Refused as exc:
             # The peer learns only that it failed; the reason stays in our log.

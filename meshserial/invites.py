@@ -7,7 +7,9 @@
    connection is already authenticated, no trust-on-first-use), connects, completes the normal Noise
    XX handshake and sends ``invite_proof(secret, h)`` where ``h`` is the handshake hash.
 3. The server recomputes the proof, compares in constant time, marks the invite used and adds the
-   client's id to ``authorized_clients`` with the invite's rights.
+   client's id to ``authorized_clients`` with the invite's rights, under a name: the one the invite
+   was made with (``invite --name``), else the one the client suggested in ``redeem`` (its host
+   name), cleaned, made unique with ``-2``, ``-3`` … so that ``revoke NAME`` hits exactly that key.
 
 128 random bits are far beyond guessing, so no PAKE is needed; binding the proof to ``h`` (Noise
 §11.2 channel binding) makes a proof seen on one connection worthless on any other. The code is a
@@ -30,6 +32,7 @@ from meshserial.proto import bech32
 from meshserial.trust import (
     AuthorizedClients,
     Rules,
+    clean_client_name,
     format_ports_spec,
     format_timestamp,
     locked_file,
@@ -84,6 +87,7 @@ class Invite:
     expires: float
     used: float | None = None
     used_by: bytes | None = None
+    name: str | None = None  # the client's name once paired (``invite --name``); else it suggests one
 
     def to_line(self) -> str:
         """This invite as a line of the invites file."""
@@ -98,6 +102,8 @@ class Invite:
             parts.append(f"used={format_timestamp(self.used)}")
         if self.used_by is not None:
             parts.append(f"by={format_id(self.used_by)}")
+        if self.name is not None:
+            parts.append(f'name="{self.name}"')
         return " ".join(parts)
 
 
@@ -124,7 +130,9 @@ class InviteStore:
             try:
                 if len(tokens) < 3:
                     raise ValueError("expected 'ID SECRET PERMS created=… expires=…'")
-                options = parse_options(self.path, lineno, tokens[3:], {"created", "expires", "used", "by"})
+                options = parse_options(
+                    self.path, lineno, tokens[3:], {"created", "expires", "used", "by", "name"}
+                )
                 if "created" not in options or "expires" not in options:
                     raise ValueError("created= and expires= are required")
                 invite_id = bytes.fromhex(tokens[0])
@@ -133,6 +141,9 @@ class InviteStore:
                     secret is not None and len(secret) != INVITE_SECRET_SIZE
                 ):
                     raise ValueError("wrong invite id or secret length")
+                name = options.get("name")
+                if name is not None and not valid_client_name(name):
+                    raise ValueError("name must be 1-64 characters without quotes or control characters")
                 invite = Invite(
                     invite_id=invite_id,
                     secret=secret,
@@ -141,6 +152,7 @@ class InviteStore:
                     expires=parse_timestamp(options["expires"]),
                     used=parse_timestamp(options["used"]) if "used" in options else None,
                     used_by=parse_id(options["by"]) if "by" in options else None,
+                    name=name,
                 )
             except (ValueError, UsageError) as exc:
                 raise ConfigError(f"{where}: malformed invite ({exc})") from exc
@@ -204,15 +216,19 @@ def create_invite(
     ttl_seconds: float,
     now: float | None = None,
     hints: Sequence[str] = (),
+    name: str | None = None,
     store: InviteStore | None = None,
 ) -> str:
     """Create a one-time invite, store it, and return its ``msinv1…`` code.
 
     The code is ``version ‖ server id (32) ‖ invite id (8) ‖ secret (16)`` followed by optional
-    address hints, each a length byte and a UTF-8 ``host:port``.
+    address hints, each a length byte and a UTF-8 ``host:port``. ``name`` is the name the client
+    will have in ``authorized_clients``; it stays on the server (the code does not carry it).
     """
     if not 0 < ttl_seconds <= MAX_INVITE_TTL:
         raise UsageError(f"an invite must expire within {MAX_INVITE_TTL / 86400:.0f} days")
+    if name is not None and not valid_client_name(name):
+        raise UsageError("a client name must be 1-64 characters without quotes or control characters")
     spec = ports_spec if isinstance(ports_spec, str) else format_ports_spec(ports_spec)
     rules = tuple(parse_ports_spec(spec))
     now = resolve_now(now)
@@ -221,7 +237,9 @@ def create_invite(
     code = bech32.encode(INVITE_HRP, payload)
     if len(code) > bech32.DEFAULT_MAX_LENGTH:
         raise UsageError("the address hints make the invite code too long")
-    invite = Invite(invite_id=invite_id, secret=secret, rules=rules, created=now, expires=now + ttl_seconds)
+    invite = Invite(
+        invite_id=invite_id, secret=secret, rules=rules, created=now, expires=now + ttl_seconds, name=name
+    )
     (store or InviteStore()).add(invite, now=now)
     return code
 
@@ -283,6 +301,11 @@ def redeem_invite(
 ) -> str:
     """Spend an invite for ``client_id`` and authorize it; returns the granted ports spec.
 
+    ``client_name`` is the name the client suggested for itself: the peer's choice, so it is
+    cleaned (:func:`~meshserial.trust.clean_client_name`), and a name stored with the invite wins
+    over it. A name another key already has gets a ``-2``, ``-3`` … suffix rather than failing the
+    pairing.
+
     Raises ``Refused`` for an unknown, used or expired invite or a wrong proof. The reason is for
     the server's log; what the peer is told is the caller's choice. The invite is marked used
     before the client is added, so a failure in between wastes the invite instead of reusing it.
@@ -291,8 +314,6 @@ def redeem_invite(
     clients = clients or AuthorizedClients()
     now = resolve_now(now)
     format_id(client_id)  # check our own inputs before spending the invite
-    if client_name is not None and not valid_client_name(client_name):
-        raise UsageError(f"{client_name!r} is not usable as a client name")
     with locked_file(store.path):
         store.load()
         invite = store.find(invite_id)
@@ -305,5 +326,6 @@ def redeem_invite(
         if not hmac.compare_digest(invite_proof(invite.secret, handshake_hash), proof):
             raise Refused("invite proof does not match (wrong secret or a different session)")
         store._mark_used(invite_id, client_id, now=now)
-    clients.add(client_id, name=client_name, ports_spec=invite.rules)
+    name = invite.name or (None if client_name is None else clean_client_name(client_name))
+    clients.add(client_id, name=name, ports_spec=invite.rules, name_taken="rename")
     return format_ports_spec(invite.rules)

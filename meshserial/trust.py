@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hmac
+import itertools
 import os
 import re
 import shlex
@@ -32,11 +33,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, assert_never
 
 from meshserial import paths
 from meshserial.errors import ConfigError, ServerKeyChanged, UsageError
 from meshserial.keys import format_id, parse_id, read_protected_file, sync_dir
+from meshserial.proto.text import escape
 
 try:
     import fcntl
@@ -57,10 +59,13 @@ __all__ = [
 
 Rights: TypeAlias = Literal["rw", "ro"]
 Rules: TypeAlias = tuple[tuple[str, Rights], ...]
+#: What ``AuthorizedClients.add`` does when another key's entry already has the name asked for.
+NameTaken: TypeAlias = Literal["refuse", "replace", "rename"]
 
 AUTHORIZED_CLIENTS_FILE = "authorized_clients"
 KNOWN_SERVERS_FILE = "known_servers"
 _GLOB_RE = re.compile(r"[^\s,=\"'#\\]+")
+NAME_MAX = 64
 _NAME_RE = re.compile(r"[^\x00-\x1f\x7f\"\\]{1,64}")
 _SERVER_NAME_RE = re.compile(r"[^\s\x00-\x1f\x7f\"'#=\\]{1,255}")  # a host name, or host:port
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -132,6 +137,24 @@ def _parse_when(text: str) -> date | datetime:
 def valid_client_name(name: str) -> bool:
     """Whether ``name`` can be stored as ``name="…"``: 1-64 characters, no quotes or controls."""
     return _NAME_RE.fullmatch(name) is not None
+
+
+def clean_client_name(text: str) -> str | None:
+    """``text`` (a host name, or what a peer suggested) made into a client name, or ``None`` if
+    nothing usable is left.
+
+    Stricter than :func:`valid_client_name`: a name from the network ends up in ``authorized_clients``,
+    in logs and in ``revoke`` output, and must be typed back (``meshserial revoke NAME``). So whatever
+    :func:`~meshserial.proto.text.escape` would escape (controls, bidirectional overrides …), quotes,
+    backslashes and white space become ``-``.
+    """
+    safe = "".join("-" if c in '"\\' or c.isspace() or escape(c) != c else c for c in text)
+    return safe.strip("-")[:NAME_MAX].rstrip("-") or None
+
+
+def short_id(public_id: bytes) -> str:
+    """An id cut short for messages that list several clients (never for comparing ids)."""
+    return format_id(public_id)[:14] + "…"
 
 
 def parse_timestamp(text: str) -> float:
@@ -289,6 +312,8 @@ class AuthorizedClients:
         self._entries: dict[bytes, AuthorizedClient] = {}
         #: Lines the last ``load()`` skipped, each as ``FILE:LINE: reason``.
         self.problems: list[str] = []
+        #: The entries the last ``add(…, name_taken="replace")`` removed to free their name.
+        self.displaced: list[AuthorizedClient] = []
 
     @property
     def entries(self) -> list[AuthorizedClient]:
@@ -372,8 +397,17 @@ class AuthorizedClients:
         name: str | None = None,
         ports_spec: str | Sequence[tuple[str, str]] = "*=rw",
         expires: date | datetime | None = None,
+        name_taken: NameTaken = "refuse",
     ) -> AuthorizedClient:
-        """Authorize a client, replacing any existing entry for the same id (in place)."""
+        """Authorize a client, replacing any existing entry for the same id (in place).
+
+        A name is what ``revoke NAME`` and the logs go by, so one name should mean one key. When
+        another key's entry already has ``name``: ``"refuse"`` raises :class:`UsageError`;
+        ``"replace"`` removes those entries (their keys lose access; :attr:`displaced` lists them);
+        ``"rename"`` stores the first free ``NAME-2``, ``NAME-3`` … instead (an invite redemption
+        must not fail over a label). The check runs under the file's lock, so two redemptions
+        racing for one name still end up with two names.
+        """
         if name is not None and not valid_client_name(name):
             raise UsageError("a client name must be 1-64 characters without quotes or control characters")
         spec = ports_spec if isinstance(ports_spec, str) else format_ports_spec(ports_spec)
@@ -382,19 +416,50 @@ class AuthorizedClients:
         )
         format_id(public_id)  # validates the length
         self._check_round_trip(entry)
+        self.displaced = []
         with locked_file(self.path):
             self.load()
-            lines = self._lines or self.HEADER.splitlines()
+            holders = [e for e in self._entries.values() if e.public_id != public_id and e.name == name]
+            if name is not None and holders:
+                match name_taken:
+                    case "refuse":
+                        raise UsageError(
+                            f"the name {name!r} is taken by {short_id(holders[0].public_id)} "
+                            f"({self.path}:{holders[0].line}): choose another name, or give it to this "
+                            "key with --replace (that key loses access)"
+                        )
+                    case "replace":
+                        self.displaced = holders
+                    case "rename":
+                        entry = replace(entry, name=self._free_name(name, public_id))
+                    case _:
+                        assert_never(name_taken)
             old = self._entries.get(public_id)
-            if old is not None:
-                lines[old.line - 1] = entry.to_line()
-            else:
+            drop = {e.line for e in self.displaced}
+            lines: list[str] = []
+            for lineno, line in enumerate(self._lines or self.HEADER.splitlines(), 1):
+                if old is not None and lineno == old.line:
+                    lines.append(entry.to_line())
+                elif lineno not in drop:
+                    lines.append(line)
+            if old is None:
                 lines.append(entry.to_line())
             self._save(lines)
         return self._entries[public_id]
 
-    def remove(self, id_or_name: bytes | str) -> list[AuthorizedClient]:
-        """Remove the entry for an id (bytes or ``ms1…``) or every entry with that name."""
+    def _free_name(self, name: str, public_id: bytes) -> str:
+        """``name`` with the first suffix ``-2``, ``-3`` … that no other key's entry has (still ≤ 64)."""
+        taken = {e.name for e in self._entries.values() if e.public_id != public_id}
+        suffixed = (f"{name[: NAME_MAX - 1 - len(str(n))]}-{n}" for n in itertools.count(2))
+        return next(candidate for candidate in suffixed if candidate not in taken)
+
+    def remove(self, id_or_name: bytes | str, *, every: bool = False) -> list[AuthorizedClient]:
+        """Remove the entry for an id (bytes or ``ms1…``), or the entry with that name.
+
+        A name that several entries have (written by hand, or before names were kept unique) is
+        refused with :class:`UsageError` listing them, unless ``every`` is true: revoking more keys
+        than meant is not something to do by accident.
+        """
         with locked_file(self.path):
             self.load()
             if isinstance(id_or_name, bytes):
@@ -404,6 +469,12 @@ class AuthorizedClients:
                 if not gone and id_or_name.strip().lower().startswith("ms1"):
                     wanted = parse_id(id_or_name)  # a name was not meant: report a mistyped id
                     gone = [e for e in self._entries.values() if e.public_id == wanted]
+            if len(gone) > 1 and not every:
+                listed = ", ".join(f"{short_id(e.public_id)} (line {e.line})" for e in gone)
+                raise UsageError(
+                    f"{len(gone)} clients are named {id_or_name!r} in {self.path}: {listed}; "
+                    "revoke one by its ms1… id, or all of them with --all"
+                )
             if gone:
                 drop = {e.line for e in gone}
                 self._save([line for n, line in enumerate(self._lines, 1) if n not in drop])

@@ -148,9 +148,54 @@ def test_redeem_checks_its_inputs_before_spending(home: Path) -> None:
     code = create_invite(SERVER, ports_spec="*=rw", ttl_seconds=900, now=NOW)
     parsed = parse_invite(code)
     proof = invite_proof(parsed.secret, H)
-    with pytest.raises(UsageError, match="client name"):
-        redeem_invite(parsed.invite_id, proof, H, CLIENT.public_id, now=NOW, client_name='"')
+    with pytest.raises(UsageError, match="32 bytes"):
+        redeem_invite(parsed.invite_id, proof, H, b"short", now=NOW)
     assert _redeem(code) == "*=rw"
+
+
+def _redeem_as(code: str, client: Identity, name: str | None) -> str | None:
+    """Redeem for ``client`` suggesting ``name``; the name it got in authorized_clients."""
+    parsed = parse_invite(code)
+    proof = invite_proof(parsed.secret, H)
+    redeem_invite(parsed.invite_id, proof, H, client.public_id, now=NOW + 1, client_name=name)
+    entry = AuthorizedClients().load().find(client.public_id)
+    assert entry is not None
+    return entry.name
+
+
+@pytest.mark.parametrize(
+    ("suggested", "stored"),
+    [
+        ('"', None),  # nothing usable left: no name rather than a failed pairing
+        ("\x1b[2Jbench\u202e", "[2Jbench"),
+        ("my laptop", "my-laptop"),
+        ("x" * 300, "x" * 64),
+        (None, None),  # an older client sends no name
+    ],
+)
+def test_the_name_a_client_suggests_is_cleaned(home: Path, suggested: str | None, stored: str | None) -> None:
+    code = create_invite(SERVER, ports_spec="*=rw", ttl_seconds=900, now=NOW)
+    assert _redeem_as(code, CLIENT, suggested) == stored
+
+
+def test_the_invite_name_wins_and_names_stay_unique(home: Path) -> None:
+    # The server's choice is stored with the invite and may hold what a client's suggestion may not.
+    named = create_invite(SERVER, ports_spec="*=rw", ttl_seconds=900, now=NOW, name="bench pc")
+    assert 'name="bench pc"' in (home / "invites").read_text()
+    assert InviteStore().load().invites[0].name == "bench pc"
+    assert _redeem_as(named, CLIENT, "alice") == "bench pc"
+    # Another key suggesting a name already given gets it with a suffix, and pairs all the same.
+    other, third = Identity(bytes([9]) * 32), Identity(bytes([10]) * 32)
+    assert _redeem_as(_plain_invite(), other, "alice") == "alice"
+    assert _redeem_as(_plain_invite(), third, "alice") == "alice-2"
+    # A key pairing again keeps the name it has.
+    assert _redeem_as(_plain_invite(), other, "alice") == "alice"
+    with pytest.raises(UsageError, match="client name"):
+        create_invite(SERVER, ports_spec="*=rw", ttl_seconds=900, now=NOW, name='a"b')
+
+
+def _plain_invite() -> str:
+    return create_invite(SERVER, ports_spec="*=ro", ttl_seconds=900, now=NOW)
 
 
 def test_old_invites_are_pruned(home: Path) -> None:
@@ -230,6 +275,10 @@ def test_parse_invite_any_payload(payload: bytes) -> None:
         (
             "0011223344556677 - *=rw created=2026-01-01T00:00:00Z expires=2026-01-02T00:00:00Z x=1",
             "unknown option",
+        ),
+        (
+            '0011223344556677 - *=rw created=2026-01-01T00:00:00Z expires=2026-01-02T00:00:00Z name="a\x01"',
+            "name must be",
         ),
     ],
 )

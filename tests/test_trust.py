@@ -13,13 +13,16 @@ from hypothesis import strategies as st
 
 from meshserial.errors import ConfigError, KeyFileError, ServerKeyChanged, UsageError
 from meshserial.keys import Identity
+from meshserial.proto.text import escape
 from meshserial.trust import (
     AuthorizedClients,
     KnownServers,
+    clean_client_name,
     format_ports_spec,
     parse_duration,
     parse_expiry,
     parse_ports_spec,
+    valid_client_name,
 )
 
 ALICE = Identity(bytes([1]) * 32)
@@ -257,15 +260,107 @@ def test_add_validates(home: Path) -> None:
 def test_remove(home: Path) -> None:
     clients = AuthorizedClients()
     clients.add(ALICE.public_id, name="laptop")
-    clients.add(BOB.public_id, name="laptop")
     clients.add(CAROL.public_id, name="ci")
     assert [e.public_id for e in clients.remove(CAROL.id_string)] == [CAROL.public_id]
     assert clients.remove(CAROL.public_id) == []
-    assert {e.public_id for e in clients.remove("laptop")} == {ALICE.public_id, BOB.public_id}
+    assert [e.public_id for e in clients.remove("laptop")] == [ALICE.public_id]
     assert clients.entries == []
     assert clients.remove("nobody") == []
     with pytest.raises(UsageError, match="checksum"):
         clients.remove(ALICE.id_string[:-1] + "q")
+
+
+def test_remove_a_name_several_entries_share_needs_every(home: Path) -> None:
+    """Names were not kept unique before, and hand edits can repeat them: revoking more keys than
+    meant must not happen by accident."""
+    path = home / "authorized_clients"
+    text = (
+        f'{ALICE.id_string} *=rw name="laptop"\n{CAROL.id_string} *=ro\n{BOB.id_string} *=rw name="laptop"\n'
+    )
+    write(path, text)
+    clients = AuthorizedClients()
+    with pytest.raises(UsageError) as info:
+        clients.remove("laptop")
+    message = str(info.value)
+    assert "2 clients are named 'laptop'" in message and "--all" in message
+    assert f"{ALICE.id_string[:14]}… (line 1)" in message and f"{BOB.id_string[:14]}… (line 3)" in message
+    assert ALICE.id_string not in message  # shortened: the full ids are in the file
+    assert path.read_text() == text
+    gone = clients.remove("laptop", every=True)
+    assert [e.public_id for e in gone] == [ALICE.public_id, BOB.public_id]
+    assert path.read_text() == f"{CAROL.id_string} *=ro\n"
+
+
+def test_a_name_taken_by_another_key_is_refused(home: Path) -> None:
+    clients = AuthorizedClients()
+    clients.add(ALICE.public_id, name="laptop")
+    before = (home / "authorized_clients").read_text()
+    with pytest.raises(
+        UsageError, match=r"'laptop' is taken by ms1\w{11}… \(.*authorized_clients:4\).*--replace"
+    ):
+        clients.add(BOB.public_id, name="laptop")
+    assert (home / "authorized_clients").read_text() == before
+    # The same key may be authorized again under its own name; other names are free.
+    assert clients.add(ALICE.public_id, name="laptop", ports_spec="*=ro").rules == (("*", "ro"),)
+    assert clients.add(BOB.public_id, name="desk").name == "desk"
+    assert clients.displaced == []
+
+
+def test_replace_takes_the_name_and_the_old_key_loses_access(home: Path) -> None:
+    path = home / "authorized_clients"
+    write(path, f'# mine\n{ALICE.id_string} *=rw name="laptop"\n{CAROL.id_string} *=ro\n')
+    clients = AuthorizedClients()
+    entry = clients.add(BOB.public_id, name="laptop", name_taken="replace")
+    assert entry.name == "laptop" and [e.public_id for e in clients.displaced] == [ALICE.public_id]
+    assert path.read_text() == f'# mine\n{CAROL.id_string} *=ro\n{BOB.id_string} *=rw name="laptop"\n'
+    assert clients.rights(ALICE.public_id, "x", NOW) is None
+    # Re-authorizing an entry in place while another one is dropped keeps the other lines.
+    write(path, f'{ALICE.id_string} *=rw name="a"\n{BOB.id_string} *=rw name="b"\n{CAROL.id_string} *=ro\n')
+    clients.add(CAROL.public_id, name="a", ports_spec="*=rw", name_taken="replace")
+    assert path.read_text() == f'{BOB.id_string} *=rw name="b"\n{CAROL.id_string} *=rw name="a"\n'
+
+
+def test_rename_makes_the_name_unique(home: Path) -> None:
+    clients = AuthorizedClients()
+    clients.add(ALICE.public_id, name="pc")
+    assert clients.add(BOB.public_id, name="pc", name_taken="rename").name == "pc-2"
+    assert clients.add(CAROL.public_id, name="pc", name_taken="rename").name == "pc-3"
+    assert (
+        clients.add(BOB.public_id, name="pc", name_taken="rename").name == "pc-2"
+    )  # its own name stays free
+    assert [e.name for e in AuthorizedClients().load().entries] == ["pc", "pc-2", "pc-3"]
+    long = "x" * 64
+    clients.add(ALICE.public_id, name=long)
+    renamed = clients.add(BOB.public_id, name=long, name_taken="rename").name
+    assert renamed == "x" * 62 + "-2"
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("bench-pi", "bench-pi"),
+        ("Alice's MacBook Pro", "Alice's-MacBook-Pro"),
+        ("\x1b]0;owned\x07laptop", "]0;owned-laptop"),
+        ("evil\u202etxt.exe", "evil-txt.exe"),
+        ('q"uote\\s', "q-uote-s"),
+        ("\x85\u2028", None),
+        ("-" * 10, None),
+        ("", None),
+        ("a" * 70, "a" * 64),
+        ("a" * 63 + " b", "a" * 63),
+        ("ünïcödé", "ünïcödé"),
+    ],
+)
+def test_clean_client_name(text: str, name: str | None) -> None:
+    assert clean_client_name(text) == name
+    if name is not None:
+        assert valid_client_name(name) and escape(name) == name
+
+
+@given(st.text(max_size=100))
+def test_clean_client_name_any_text(text: str) -> None:
+    name = clean_client_name(text)
+    assert name is None or (valid_client_name(name) and escape(name) == name and " " not in name)
 
 
 def test_write_is_atomic(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,16 @@
 """``meshserial doctor``: look at interfaces, mDNS, keys, trust files and serial devices; suggest fixes.
 
-Each check ends as ``ok``, ``info``, ``warning`` or ``problem``; only problems make the exit status 1.
+Each check ends as ``ok``, ``info``, ``warning`` or ``problem``. A warning is something the user should
+act on (a group membership, a line of ``authorized_clients`` that is ignored), so warnings and problems
+both make the exit status 1 and neither run ends in "all good"; ``info`` is for what is merely worth
+knowing.
+
+Serial devices are looked for where Linux puts them: USB adapters (``ttyUSB*``, ``ttyACM*``), the
+on-board UARTs of ARM boards (``ttyAMA*``; ``serial0``/``serial1`` on a Raspberry Pi are links to the
+one in use) and PC serial ports (``ttyS*``). Aliases (those links, ``/dev/serial/by-id``) are shown
+beside the device they point to rather than as devices of their own. The kernel makes 4 to 32
+``ttyS*`` nodes whether or not a UART is behind them; only those whose ``/sys/class/tty/*/type`` names
+a UART (``0`` is "unknown": none found) are listed, the rest summed up in one line.
 """
 
 from __future__ import annotations
@@ -25,11 +35,14 @@ from meshserial.discovery import mdns
 from meshserial.discovery.overlay import Interface, list_interfaces, read_zerotier_token, select_interfaces
 from meshserial.errors import MeshserialError
 from meshserial.keys import identity_path, load_identity
+from meshserial.proto.text import escape
 from meshserial.trust import AuthorizedClients, KnownServers
 
 HELP = "check interfaces, mDNS, keys, trust files and serial-device permissions"
 Status = Literal["ok", "info", "warning", "problem"]
-SERIAL_GLOBS = ("/dev/ttyUSB*", "/dev/ttyACM*")
+SERIAL_GLOBS = ("ttyUSB*", "ttyACM*", "ttyAMA*")  # in /dev: each one a real device when it exists
+LEGACY_GLOB = "ttyS*"  # in /dev: mostly placeholders, see the module docstring
+ALIAS_GLOBS = ("serial0", "serial1", "serial/by-id/*")  # in /dev: links to the devices above
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,15 +79,22 @@ async def doctor(patterns: list[str] | None, config_path: Path | None, *, as_jso
     checks += key_checks()
     checks += config_checks(config_path)
     checks += serial_checks()
-    problems = sum(c.status == "problem" for c in checks)
+    summary, code = summarize(checks)
     if as_json:
-        print(json.dumps({"ok": not problems, "checks": [asdict(c) for c in checks]}, indent=2))
+        print(json.dumps({"ok": code == 0, "checks": [asdict(c) for c in checks]}, indent=2))
     else:
         print(report(checks))
-        summary = f"{problems} problem{'s' if problems != 1 else ''} found" if problems else "all good"
         print(f"\n{summary}")
     sys.stdout.flush()
-    return 1 if problems else 0
+    return code
+
+
+def summarize(checks: list[Check]) -> tuple[str, int]:
+    """The last line of the report and the exit status: 0 and "all good" only without warnings and
+    problems."""
+    counts = [(sum(c.status == status for c in checks), status) for status in ("warning", "problem")]
+    said = [f"{n} {status}{'s' if n != 1 else ''}" for n, status in counts if n]
+    return (", ".join(said) + " found", 1) if said else ("all good", 0)
 
 
 def report(checks: list[Check]) -> str:
@@ -201,8 +221,9 @@ def key_checks() -> list[Check]:
             out.append(
                 Check(area="keys", status="ok", detail=f"identity {identity.id_string} ({path}, private)")
             )
+    clients = AuthorizedClients()
     loaders: tuple[tuple[str, Callable[[], int]], ...] = (
-        ("authorized clients", lambda: len(AuthorizedClients().load().entries)),
+        ("authorized clients", lambda: len(clients.load().entries)),
         ("pinned servers", lambda: len(KnownServers().load().entries)),
     )
     for what, loader in loaders:
@@ -212,6 +233,17 @@ def key_checks() -> list[Check]:
             out.append(_failed("trust", exc))
         else:
             out.append(Check(area="trust", status="ok", detail=f"{count} {what}"))
+    # A line that does not parse grants nothing (the server skips it, see meshserial.trust): not a
+    # security problem, but someone meant it to let a client in.
+    for problem in clients.problems:
+        out.append(
+            Check(
+                area="trust",
+                status="warning",
+                detail=f"{problem}; line ignored",
+                fix="correct the line, or remove it",
+            )
+        )
     return out
 
 
@@ -260,12 +292,47 @@ def _member_in_db(user: str, group: str) -> bool:
     return user in entry.gr_mem or primary == entry.gr_gid
 
 
-def serial_checks() -> list[Check]:
+def serial_devices(
+    dev: Path = Path("/dev"), sys_tty: Path = Path("/sys/class/tty")
+) -> tuple[dict[str, list[str]], int]:
+    """The serial devices worth checking, each with its aliases (``serial0``, by-id links), and how
+    many ``ttyS*`` nodes were left out as placeholders without a UART."""
+    found: dict[str, list[str]] = {}
+    # Real paths throughout, so that an alias finds the entry of the device it points to.
+    for pattern in SERIAL_GLOBS:
+        for path in glob.glob(str(dev / pattern)):
+            found.setdefault(os.path.realpath(path), [])
+    legacy = 0
+    for path in glob.glob(str(dev / LEGACY_GLOB)):
+        if _has_uart(sys_tty / Path(path).name):
+            found.setdefault(os.path.realpath(path), [])
+        else:
+            legacy += 1
+    for pattern in ALIAS_GLOBS:
+        for alias in glob.glob(str(dev / pattern)):
+            target = os.path.realpath(alias)
+            if target == alias or not os.path.exists(target):
+                continue  # not a link, or a dangling one (the device is unplugged)
+            if target not in found and Path(target).name.startswith("ttyS"):
+                legacy -= 1  # counted as a placeholder, but serial0 (a Pi's mini UART) points at it
+            found.setdefault(target, []).append(alias)
+    return {path: found[path] for path in sorted(found)}, max(legacy, 0)
+
+
+def _has_uart(sysfs: Path) -> bool:
+    """Whether the kernel found a UART behind a ``ttyS*`` node (its ``type`` is not 0, "unknown")."""
+    try:
+        return int((sysfs / "type").read_text(encoding="ascii").strip()) != 0
+    except (OSError, ValueError):
+        return False  # no sysfs entry: nothing registered a port there
+
+
+def serial_checks(dev: Path = Path("/dev"), sys_tty: Path = Path("/sys/class/tty")) -> list[Check]:
     out: list[Check] = []
     user = _user()
     root = os.geteuid() == 0
     groups = set(os.getgroups()) | {os.getegid()}
-    devices = sorted(p for pattern in SERIAL_GLOBS for p in glob.glob(pattern))
+    devices, legacy = serial_devices(dev, sys_tty)
     if root:
         out.append(Check(area="serial", status="ok", detail="running as root: every device can be opened"))
     else:
@@ -288,14 +355,16 @@ def serial_checks() -> list[Check]:
             )
         elif dialout is not None:
             out.append(Check(area="serial", status="ok", detail=f"{user} is in the 'dialout' group"))
-    for device in devices:
+    for device, aliases in devices.items():
         try:
             st = os.stat(device)
         except OSError:
             continue
+        # by-id names are the udev's, built from what the USB device reports: escaped like a peer's text.
+        shown = device + (f" ({', '.join(escape(a) for a in aliases)})" if aliases else "")
         group = _group_name(st.st_gid)
         if os.access(device, os.R_OK | os.W_OK):
-            out.append(Check(area="serial", status="ok", detail=f"{device} can be opened (group {group})"))
+            out.append(Check(area="serial", status="ok", detail=f"{shown} can be opened (group {group})"))
         else:
             fix = (
                 "log out and back in (or run 'newgrp " + group + "')"
@@ -303,10 +372,24 @@ def serial_checks() -> list[Check]:
                 else f"sudo usermod -aG {group} {user}, then log out and back in"
             )
             mode = stat.S_IMODE(st.st_mode)
-            detail = f"{device} cannot be opened by {user} (owner group {group}, mode {mode:04o})"
+            detail = f"{shown} cannot be opened by {user} (owner group {group}, mode {mode:04o})"
             out.append(Check(area="serial", status="problem", detail=detail, fix=fix))
+    if legacy:
+        out.append(
+            Check(
+                area="serial",
+                status="info",
+                detail=f"{legacy} /dev/ttyS* with no UART behind them (placeholders the kernel always "
+                "makes): not listed",
+            )
+        )
     if not devices:
         out.append(
-            Check(area="serial", status="info", detail="no USB serial devices (/dev/ttyUSB*, /dev/ttyACM*)")
+            Check(
+                area="serial",
+                status="info",
+                detail="no serial devices (/dev/ttyUSB*, /dev/ttyACM*, /dev/ttyAMA*, /dev/serial0, "
+                "/dev/ttyS* with a UART)",
+            )
         )
     return out

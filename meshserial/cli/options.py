@@ -15,6 +15,8 @@ from meshserial.trust import parse_duration
 
 
 def hostport(default_port: int | None) -> type | object:
+    """An argparse type for an address to connect to: ``HOST:PORT`` (or ``HOST`` with a default port)."""
+
     def parse(text: str) -> tuple[str, int]:
         try:
             return parse_hostport(text, default_port=default_port)
@@ -23,6 +25,37 @@ def hostport(default_port: int | None) -> type | object:
 
     parse.__name__ = "HOST:PORT"
     return parse
+
+
+def listen_address(bare_host: str, default_port: int | None = None) -> type | object:
+    """An argparse type for an address to bind: ``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` (every
+    interface), or a bare ``PORT`` as ser2net and socat take it, which binds ``bare_host``.
+
+    Each option picks ``bare_host`` and says it in its help: a bare port is what people type, so it
+    binds what is safe for that service (loopback for an unauthenticated one).
+    """
+
+    def parse(text: str) -> tuple[str, int]:
+        word = text.strip()
+        if word.isascii() and word.isdigit():
+            if len(word) > 5 or int(word) > 65535:
+                raise argparse.ArgumentTypeError(f"port {word} is out of range (0-65535)")
+            return bare_host, int(word)
+        try:
+            return parse_hostport(text, default_port=default_port)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "HOST:PORT"
+    return parse
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1-65535."""
+    word = text.strip()
+    if not (word.isascii() and word.isdigit() and len(word) <= 5 and 0 < int(word) < 65536):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(word)
 
 
 def seconds(text: str) -> float:

@@ -10,7 +10,10 @@ after the handshake; the server answers each request once:
                                  ``session`` (hex id to resume, or null), ``rx``/``tx`` stream offsets
                                  acknowledged so far (0 for a new session), ``takeover`` (bool),
                                  ``scrollback`` seconds of recent device output to replay first
-``redeem``            C → S      ``invite`` invite id (hex), ``proof`` (hex, see docs/security.md)
+``redeem``            C → S      ``invite`` invite id (hex), ``proof`` (hex, see docs/security.md),
+                                 ``name`` the name the client suggests for itself, e.g. its host name
+                                 (optional, may be null; the server cleans it, prefers a name set with
+                                 ``invite --name`` and makes it unique; older servers ignore it)
 ``accept``            S → C      ``port``, ``mode``, ``session`` (hex id), ``rx``/``tx`` offsets the server
                                  resumes from, ``lost`` bytes the client can no longer get,
                                  ``holder``: who holds the port if it is not us (or null)
@@ -54,6 +57,7 @@ class Hello:
 class Redeem:
     invite: str
     proof: str
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,7 +156,11 @@ def decode(data: bytes) -> Message:
                 v=_field(obj, "v", int, VERSION),
             )
         case "redeem":
-            msg = Redeem(invite=_field(obj, "invite", str), proof=_field(obj, "proof", str))
+            msg = Redeem(
+                invite=_field(obj, "invite", str),
+                proof=_field(obj, "proof", str),
+                name=_field(obj, "name", (str, type(None)), None),
+            )
         case "accept":
             msg = Accept(
                 port=_field(obj, "port", str),

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--listen",
         metavar="HOST:PORT",
         default=f"{DEFAULT_HOST}:{DEFAULT_PORT}",
-        help=f"address to serve HTTP on (default {DEFAULT_HOST}:{DEFAULT_PORT}; put TLS in front of it)",
+        help=f"address to serve HTTP on (default {DEFAULT_HOST}:{DEFAULT_PORT}; put TLS in front of it); "
+        f"a bare PORT listens on {DEFAULT_HOST}, like the default, for a proxy on the same machine",
     )
     parser.add_argument(
         "--db",
@@ -61,7 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT`` (all interfaces) → (host, port); UsageError otherwise."""
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` (all interfaces) or a bare ``PORT`` (``DEFAULT_HOST``,
+    as the default: the service expects TLS in front of it) → (host, port); UsageError otherwise."""
+    if text.isascii() and text.isdigit():
+        text = f"{DEFAULT_HOST}:{text}"
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit() or not port_text.isascii():
         raise UsageError(f"--listen wants HOST:PORT, got {text!r}")

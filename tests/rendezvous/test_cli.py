@@ -38,13 +38,14 @@ def parse(*argv: str) -> argparse.Namespace:
         ("[::1]:80", ("::1", 80)),
         (":9000", ("0.0.0.0", 9000)),
         ("rdv.example:0", ("rdv.example", 0)),
+        ("7218", ("127.0.0.1", 7218)),  # a bare port, as ser2net and socat take it: loopback
     ],
 )
 def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
     assert parse_listen(text) == expected
 
 
-@pytest.mark.parametrize("text", ["7218", "host:", "host:port", "::1:80", "[nope]:80", "h:70000", "h:١٢"])
+@pytest.mark.parametrize("text", ["host:", "host:port", "::1:80", "[nope]:80", "h:70000", "h:١٢"])
 def test_parse_listen_refuses(text: str) -> None:
     with pytest.raises(UsageError):
         parse_listen(text)

@@ -1,12 +1,28 @@
 """Built-in simulated devices for demos and tests: ``sim:echo`` and ``sim:nmea``.
 
-* ``sim:echo`` returns what it receives. Its buffer is bounded: while the reader is paused the bytes wait
-  there, and above the high-water mark the writer is asked to pause, like a slow device would.
+* ``sim:echo`` is a loopback plug on a UART (DB9: TX to RX, RTS to CTS, DTR to DSR and DCD, RI left
+  open), so the loopback self-tests that serial tools ship can run against it:
+
+  - Data comes back as it was sent. The buffer is bounded: while the reader is paused the bytes wait
+    there, and above the high-water mark the writer is asked to pause, like a slow device would.
+  - CTS follows RTS; DSR and CD follow DTR; RI is never on. ``modem_state()`` answers from the control
+    lines at once, and every change is also reported to the listener as a :class:`ModemStateChanged`
+    with the RFC 2217 delta bits, one loop iteration later, as a UART's modem-status interrupt arrives
+    after the write that caused it. The delta bits latch until reported (a 16550's MSR works the same
+    way), so a pulse shorter than one iteration is still seen as a change.
+  - The lines start as a freshly opened real port has them: Linux raises DTR and RTS on open and
+    pyserial asserts both by default, so CTS, DSR and CD start on.
+  - BREAK: the plug wires the break condition back to RX. A Linux UART read the way pyserial sets it
+    up (``IGNBRK`` and ``PARMRK`` cleared, ``BRKINT`` off as the driver leaves it) hands the reader one
+    NUL byte per break, so that is what the echo returns when BREAK goes on. While BREAK is on the
+    transmitter is held at space, so bytes written meanwhile never reach the wire and are dropped.
+
 * ``sim:nmea`` is a GPS receiver: once per second (a loop timer) it queues a GGA and an RMC sentence with
   correct checksums, and a pacing timer releases at most ``baud / 10`` bytes per second (8N1 framing), so
-  a low baud rate really throttles it, as on a UART. Sentences that do not fit the queue are dropped.
+  a low baud rate really throttles it, as on a UART. Sentences that do not fit the queue are dropped. Its
+  outputs are not wired to anything: CTS, DSR and CD stay asserted whatever DTR and RTS do.
 
-Both accept every setting (they have no hardware to refuse it) and report CTS, DSR and CD asserted.
+Both accept every setting (they have no hardware to refuse it).
 """
 
 from __future__ import annotations
@@ -22,9 +38,11 @@ from meshserial.ports.base import (
     WRITE_HIGH_WATER,
     WRITE_LOW_WATER,
     Capabilities,
+    ModemStateChanged,
     Port,
     PortListener,
 )
+from meshserial.ports.device import modem_delta
 from meshserial.proto.settings import ModemState, SerialSettings
 
 log = logging.getLogger(__name__)
@@ -34,6 +52,20 @@ NMEA_INTERVAL = 1.0
 PACE_TICK = 0.05
 NMEA_QUEUE_LIMIT = 4096
 ECHO_CHUNK = 4096
+# What a break looks like to a reader of a Linux UART in raw mode (see the module docstring).
+BREAK_BYTE = b"\x00"
+# What sim:nmea reports whatever its control lines do.
+NMEA_LINES = ModemState.CTS | ModemState.DSR | ModemState.CD
+
+
+def loopback_lines(*, dtr: bool, rts: bool) -> ModemState:
+    """The modem status lines a loopback plug shows for the given control lines."""
+    state = ModemState(0)
+    if rts:
+        state |= ModemState.CTS
+    if dtr:
+        state |= ModemState.DSR | ModemState.CD
+    return state
 
 
 def nmea_checksum(body: str) -> str:
@@ -81,7 +113,9 @@ class SimulatedDevice(Port):
         self.name = f"sim:{kind}"
         self.capabilities = Capabilities()
         self._settings = settings
-        self._control = (True, True, False)
+        self._control = (True, True, False)  # (dtr, rts, break) as a fresh open leaves them
+        self._deltas = ModemState(0)  # modem-line changes not yet reported to the listener
+        self._report: asyncio.Handle | None = None
         self._listener: PortListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -110,9 +144,10 @@ class SimulatedDevice(Port):
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        if self._deliver is not None:
-            self._deliver.cancel()
-            self._deliver = None
+        for pending in (self._deliver, self._report):
+            if pending is not None:
+                pending.cancel()
+        self._deliver = self._report = None
         self._pending.clear()
         if self._listener is not None:
             self._listener.port_closed(None)
@@ -127,6 +162,8 @@ class SimulatedDevice(Port):
         self._check()
         if self.kind != "echo" or not data:
             return  # a GPS ignores what it is sent
+        if self._control[2]:
+            return  # the transmitter is held at space during a break: these bytes never make it out
         self._pending += data
         if not self._writing_paused and len(self._pending) > WRITE_HIGH_WATER and self._listener:
             self._writing_paused = True
@@ -221,19 +258,46 @@ class SimulatedDevice(Port):
     def set_control(
         self, *, dtr: bool | None = None, rts: bool | None = None, break_: bool | None = None
     ) -> None:
+        before = self._lines()
         cur = self._control
         self._control = (
             cur[0] if dtr is None else dtr,
             cur[1] if rts is None else rts,
             cur[2] if break_ is None else break_,
         )
+        # Before start nobody listens (the listener reads the starting lines from modem_state()); after
+        # close nothing is reported any more, and like a real port a closed one does not complain.
+        if self.kind != "echo" or self._loop is None or self._closed:
+            return
+        if self._control[2] and not cur[2]:
+            self._pending += BREAK_BYTE
+            self._schedule_echo()
+        delta = modem_delta(before, self._lines())
+        if delta is None:
+            return
+        self._deltas |= delta & ~ModemState.lines()
+        if self._report is None:
+            self._report = self._loop.call_soon(self._report_modem)
+
+    def _report_modem(self) -> None:
+        # Scheduled only once started (so there is a listener) and cancelled by aclose().
+        self._report = None
+        assert self._listener is not None
+        state, self._deltas = self._lines() | self._deltas, ModemState(0)
+        self._listener.port_event(ModemStateChanged(state=state))
+
+    def _lines(self) -> ModemState:
+        if self.kind != "echo":
+            return NMEA_LINES
+        dtr, rts, _ = self._control
+        return loopback_lines(dtr=dtr, rts=rts)
 
     @property
     def control(self) -> tuple[bool, bool, bool]:
         return self._control
 
     def modem_state(self) -> ModemState | None:
-        return ModemState.CTS | ModemState.DSR | ModemState.CD
+        return self._lines()
 
     def purge(self, *, rx: bool, tx: bool) -> None:
         self._check()

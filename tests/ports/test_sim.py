@@ -9,7 +9,7 @@ import os
 import pytest
 
 from meshserial.errors import PortClosed, UsageError
-from meshserial.ports.base import WRITE_HIGH_WATER, Capabilities
+from meshserial.ports.base import WRITE_HIGH_WATER, Capabilities, ModemStateChanged
 from meshserial.ports.sim import SimulatedDevice, nmea_checksum, nmea_fix
 from meshserial.proto.settings import ModemState, SerialSettings
 
@@ -36,6 +36,149 @@ async def test_capabilities_lines_and_close() -> None:
     assert rec.closed == [None]
     with pytest.raises(PortClosed):
         port.write(b"x")
+
+
+# ---- sim:echo is a loopback plug: RTS -> CTS, DTR -> DSR and CD, RI open ---------------------------
+
+CTS, DSR, RI, CD = ModemState.CTS, ModemState.DSR, ModemState.RI, ModemState.CD
+D_CTS, D_DSR, D_CD = ModemState.DELTA_CTS, ModemState.DELTA_DSR, ModemState.DELTA_CD
+
+
+@pytest.mark.parametrize(
+    ("dtr", "rts", "lines"),
+    [
+        (True, True, CTS | DSR | CD),
+        (False, True, CTS),
+        (True, False, DSR | CD),
+        (False, False, ModemState(0)),
+    ],
+    ids=["both-on", "rts-only", "dtr-only", "both-off"],
+)
+async def test_echo_lines_follow_the_control_lines(dtr: bool, rts: bool, lines: ModemState) -> None:
+    port = SimulatedDevice("echo")
+    rec = Recorder()
+    await port.start(rec)
+    try:
+        port.set_control(dtr=dtr, rts=rts)
+        # Answered at once, before the change has been reported to the listener.
+        assert port.modem_state() == lines
+        assert not lines & RI
+    finally:
+        await port.aclose()
+
+
+async def test_echo_starts_like_a_freshly_opened_port() -> None:
+    port = SimulatedDevice("echo")
+    assert port.control == (True, True, False)
+    assert port.modem_state() == CTS | DSR | CD
+    port.set_control(dtr=False)  # before start: nobody to tell, but the lines follow
+    assert port.modem_state() == CTS
+    rec = Recorder()
+    await port.start(rec)
+    try:
+        port.set_control(rts=False)
+        event = await rec.wait_event(ModemStateChanged)
+        assert event.state == D_CTS  # only the change made while someone listened
+        assert rec.of_type(ModemStateChanged) == [event]
+    finally:
+        await port.aclose()
+
+
+async def test_echo_reports_each_change_with_delta_bits() -> None:
+    port = SimulatedDevice("echo")
+    rec = Recorder()
+    await port.start(rec)
+    try:
+        steps = [
+            ({"dtr": False}, CTS | D_DSR | D_CD),
+            ({"rts": False}, D_CTS),
+            ({"dtr": True}, DSR | CD | D_DSR | D_CD),
+            ({"rts": True}, CTS | DSR | CD | D_CTS),
+        ]
+        for n, (change, expected) in enumerate(steps, start=1):
+            port.set_control(**change)
+            assert (await rec.wait_event(ModemStateChanged, n)).state == expected
+        # Setting a line to what it already is, or driving BREAK, changes no modem line: no event. The
+        # RTS change after them is reported next, so nothing came in between.
+        port.set_control(dtr=True, rts=True)
+        port.set_control(break_=True)
+        port.set_control(break_=False)
+        port.set_control(rts=False)
+        assert (await rec.wait_event(ModemStateChanged, len(steps) + 1)).state == DSR | CD | D_CTS
+        assert len(rec.of_type(ModemStateChanged)) == len(steps) + 1
+    finally:
+        await port.aclose()
+
+
+async def test_echo_latches_a_pulse_shorter_than_a_report() -> None:
+    port = SimulatedDevice("echo")
+    rec = Recorder()
+    await port.start(rec)
+    try:
+        # DTR off and on again before the listener hears about it: the lines are back where they were,
+        # but the delta bits say they moved, as a UART's status register would.
+        port.set_control(dtr=False)
+        port.set_control(dtr=True)
+        event = await rec.wait_event(ModemStateChanged)
+        assert event.state == CTS | DSR | CD | D_DSR | D_CD
+        port.set_control(rts=False)
+        assert (await rec.wait_event(ModemStateChanged, 2)).state == DSR | CD | D_CTS
+    finally:
+        await port.aclose()
+
+
+async def callbacks_so_far() -> None:
+    """Return once every callback already scheduled with ``call_soon`` has run (the queue is FIFO)."""
+    marker = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(marker.set_result, None)
+    await asyncio.wait_for(marker, 1.0)
+
+
+async def test_echo_reports_nothing_after_close() -> None:
+    port = SimulatedDevice("echo")
+    rec = Recorder()
+    await port.start(rec)
+    port.set_control(dtr=False)  # its report would come one iteration later
+    await port.aclose()
+    port.set_control(rts=False)  # a closed port does not complain
+    assert port.control == (False, False, False)
+    await callbacks_so_far()
+    assert rec.events == []
+    assert rec.closed == [None]
+
+
+async def test_echo_returns_a_break_as_one_nul_and_drops_what_is_sent_during_it() -> None:
+    port = SimulatedDevice("echo")
+    rec = Recorder()
+    await port.start(rec)
+    try:
+        port.write(b"before")
+        port.set_control(break_=True)
+        port.set_control(break_=True)  # still the same break
+        port.write(b"lost in the break")
+        port.set_control(break_=False)
+        port.write(b"after")
+        await rec.wait(lambda: rec.data.endswith(b"after"))
+        assert bytes(rec.data) == b"before\x00after"
+        # A break is not a modem line.
+        assert rec.of_type(ModemStateChanged) == []
+        assert port.modem_state() == CTS | DSR | CD
+    finally:
+        await port.aclose()
+
+
+async def test_nmea_lines_are_not_wired() -> None:
+    port = SimulatedDevice("nmea")
+    rec = Recorder()
+    await port.start(rec)
+    try:
+        port.set_control(dtr=False, rts=False, break_=True)
+        assert port.control == (False, False, True)
+        assert port.modem_state() == CTS | DSR | CD
+        await rec.wait(lambda: rec.data.count(b"\n") >= 2, timeout=1.0)
+        assert rec.events == []
+    finally:
+        await port.aclose()
 
 
 async def test_echo_round_trip() -> None:

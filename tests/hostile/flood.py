@@ -66,8 +66,8 @@ def attack(host: str, port: int, sources: list[str], count: int, seconds: float)
         if not ready and made >= count:
             ready = True
             print(json.dumps({"ready": made}), flush=True)
-        ready, _, _ = select.select(list(socks), [], [], 0.05)
-        for sock in ready:
+        readable, _, _ = select.select(list(socks), [], [], 0.05)
+        for sock in readable:
             try:
                 if sock.recv(65536):
                     continue

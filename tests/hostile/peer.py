@@ -91,11 +91,7 @@ class RawClient:
                 if isinstance(event, PeerIdentified) and not identified:
                     identified = True
                     self.channel.accept_peer()
-                    sent = (
-                        message
-                        if isinstance(message, sess.Hello | sess.Redeem)
-                        else message(self.channel.handshake_hash)
-                    )
+                    sent = message(self.channel.handshake_hash) if callable(message) else message
                     self.channel.send_control(sess.encode(sent))
                     self._flush()
             if self.eof and not self.controls:

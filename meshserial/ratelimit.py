@@ -38,6 +38,11 @@ class TokenBuckets:
         self._rate, self._burst, self._max = rate, float(burst), max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def available(self, key: str, now: float) -> bool:
+        """Whether ``key`` has a token now (nothing is spent)."""
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        return min(self._burst, tokens + max(0.0, now - last) * self._rate) >= 1.0
+
     def take(self, key: str, now: float) -> float:
         """Spend one token of ``key``'s bucket; return 0 if there was one, else the seconds until
         there will be (nothing is spent then)."""

@@ -26,9 +26,17 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from meshserial.errors import ConnectionLost, HandshakeError, MeshserialError, ProtocolError, Refused
+from meshserial.errors import (
+    ConnectError,
+    ConnectionLost,
+    HandshakeError,
+    MeshserialError,
+    ProtocolError,
+    Refused,
+)
 from meshserial.keys import Identity, verify_handshake_payload
 from meshserial.logonce import LogOnce
+from meshserial.net.slots import HandshakeLimiter
 from meshserial.net.stream import SessionStream
 from meshserial.net.tcp import ReceiveBuffer, tune_socket
 from meshserial.proto import channel as ch
@@ -41,11 +49,14 @@ _denials = LogOnce(log, level=logging.INFO)  # one line per client and reason, r
 
 HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_KEEPALIVE = 9.0
-MAX_PENDING_PER_SOURCE = 16
-MAX_PENDING_TOTAL = 256
-MIN_HANDSHAKE_DEADLINE = 1.0
 CLOSE_GRACE = 5.0
 CLOSE_FLUSH_LIMIT = 256 * 1024
+TELNET_IAC = 0xFF
+#: What a telnet (RFC 2217) client that reached the encrypted port is told, in its own language.
+WRONG_DOOR = (
+    b"\r\nmeshserial: this is meshserial's encrypted service; use NAME@HOST:PORT "
+    b"(plain RFC 2217 is served by share --rfc2217)\r\n"
+)
 
 # Traffic timestamps for the keepalive, taken on every record: the clock asyncio's default loop reads,
 # without the method call around it. ``_keepalive_tick`` compares them with ``loop.time()``.
@@ -111,6 +122,16 @@ class SecureConnection(ReceiveBuffer):
             return
         self.flush()
 
+    def telnet_first(self, state: ch.ChannelState, nbytes: int) -> bool:
+        """Whether the peer's first bytes, in handshake ``state``, start with telnet's IAC (0xFF): no
+        Noise message does (a length prefix that large is refused), every telnet opening does."""
+        return (
+            self._channel.state is state
+            and nbytes > 0
+            and not self._channel.bytes_buffered
+            and self._recv_view[0] == TELNET_IAC
+        )
+
     def eof_received(self) -> bool | None:
         return None  # connection_lost follows; it decides between "closed" and "lost"
 
@@ -123,8 +144,10 @@ class SecureConnection(ReceiveBuffer):
         if self.going_away is not None:
             stream.detach(ConnectionLost(f"the server went away: {self.going_away}"))
         elif self._peer_closed:
+            # Ended on purpose, with the reason the peer gave (revoked, expired, replaced, too slow):
+            # final for the client, which must not try to resume.
             reason = self.end_reason
-            stream.ended_by_peer(ConnectionLost(f"the peer ended the session: {reason}") if reason else None)
+            stream.ended_by_peer(Refused(f"the server ended the session: {reason}") if reason else None)
         else:
             stream.detach(exc or ConnectionLost("connection ended without CLOSE"))
 
@@ -336,78 +359,6 @@ class SessionHost(Protocol):
         """A short human name for logs."""
 
 
-class Pending(Protocol):
-    """A connection that holds a handshake slot."""
-
-    source: str
-    started: float
-
-    @property
-    def progress(self) -> int:
-        """How far the handshake got (higher is further)."""
-
-    def evict(self) -> None:
-        """Give up the slot and close the connection at once."""
-
-
-class HandshakeLimiter:
-    """Handshake slots: connections accepted but not yet past their ``hello``, per source and in total.
-
-    A full table does not turn newcomers away, which would let anyone who holds the slots with idle
-    or slow connections lock everybody else out. Instead the newcomer takes the slot of a half-open
-    connection: the one that has made the least progress, and of those the oldest, in the newcomer's
-    own source when that source is at its limit, else in the source that holds the most slots. An
-    attacker's connections therefore only push out each other, while a client that completes its
-    handshake in a few round trips is the newest and furthest along, and is never the one chosen.
-
-    Sources are IPv4 addresses or IPv6 /64s (:func:`~meshserial.ratelimit.source_key`). The deadline
-    for completing a handshake also shrinks as the table fills (:meth:`deadline`).
-    """
-
-    def __init__(self, *, per_source: int = MAX_PENDING_PER_SOURCE, total: int = MAX_PENDING_TOTAL) -> None:
-        self.per_source = per_source
-        self.total = total
-        # Insertion-ordered dicts used as ordered sets, one per source.
-        self._by_source: dict[str, dict[Pending, None]] = {}
-        self._count = 0
-        self.evicted = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def admit(self, conn: Pending) -> None:
-        """Give ``conn`` a slot, evicting a half-open connection if a limit is reached."""
-        own = self._by_source.get(conn.source)
-        if own is not None and len(own) >= self.per_source:
-            self._evict_from(own)
-        elif self._count >= self.total:
-            self._evict_from(max(self._by_source.values(), key=len))
-        self._by_source.setdefault(conn.source, {})[conn] = None
-        self._count += 1
-
-    def release(self, conn: Pending) -> None:
-        """``conn`` leaves its slot (its handshake ended one way or the other); idempotent."""
-        group = self._by_source.get(conn.source)
-        if group is None or conn not in group:
-            return
-        del group[conn]
-        self._count -= 1
-        if not group:
-            del self._by_source[conn.source]
-
-    def deadline(self, timeout: float) -> float:
-        """Seconds a new connection gets for its handshake: ``timeout`` while the table is mostly
-        empty, less as it fills (down to a tenth, but at least :data:`MIN_HANDSHAKE_DEADLINE`)."""
-        free = 1.0 - self._count / self.total if self.total else 0.0
-        return min(timeout, max(MIN_HANDSHAKE_DEADLINE, timeout * min(1.0, 2.0 * max(free, 0.05))))
-
-    def _evict_from(self, group: dict[Pending, None]) -> None:
-        victim = min(group, key=lambda c: (c.progress, c.started))
-        self.release(victim)
-        self.evicted += 1
-        victim.evict()
-
-
 class ServerConnection(SecureConnection):
     """The server end: handshake, authorization, then a session on the chosen port."""
 
@@ -437,11 +388,33 @@ class ServerConnection(SecureConnection):
         self._ip = self.peer.rsplit(":", 1)[0]
         self.source = source_key(self._ip)
         self.started = self._loop.time()
+        if not self._limiter.welcome(self.source, self.started):
+            _log_once.warning(
+                self.source,
+                "too many failed handshakes; closing new connections for a while",
+                repeats="connections closed at once (too many failed handshakes)",
+            )
+            self.abort()
+            return
         self._pending = True
         self._limiter.admit(self)
         if self._pending:  # not evicted by its own admission (a limit of zero)
             deadline = self._limiter.deadline(self._handshake_timeout)
             self._deadline = self._loop.call_later(deadline, self._on_deadline)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.telnet_first(ch.ChannelState.AWAIT_MSG1, nbytes):
+            # A telnet client speaks first, starting with IAC: someone pointed a plain RFC 2217 client
+            # (pyserial's rfc2217://, ser2net's, `use rfc2217://`) at the encrypted port. Tell it in a
+            # line it can show; it learns nothing about us that mDNS does not already say.
+            _log_once.warning(self.source, "a plain RFC 2217 client reached the encrypted port")
+            self._settled()
+            self.closing = True
+            if self.tcp is not None:
+                self.tcp.write(WRONG_DOOR)
+                self.tcp.close()
+            return
+        super().buffer_updated(nbytes)
 
     @property
     def progress(self) -> int:
@@ -454,6 +427,7 @@ class ServerConnection(SecureConnection):
     def evict(self) -> None:
         """The limiter gave our slot to a newer connection."""
         self._pending = False
+        self._limiter.wasted(self.source, self._loop.time())
         _log_once.warning(
             self.source,
             "handshake slots full; closing the slowest half-open connections",
@@ -470,6 +444,8 @@ class ServerConnection(SecureConnection):
         if self._pending:
             self._pending = False
             self._limiter.release(self)
+            if self.peer_id is None:  # ended before the client proved its key: a wasted slot
+                self._limiter.wasted(self.source, self._loop.time())
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -573,11 +549,22 @@ class ClientConnection(SecureConnection):
             case _:
                 raise ProtocolError(f"unexpected {type(message).__name__} from the server")
 
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.telnet_first(ch.ChannelState.AWAIT_MSG2, nbytes):
+            # A telnet server speaks first, and its first byte is IAC: a plain RFC 2217 server.
+            self.fail(ConnectError(f"{self.peer} is a plain RFC 2217 server: use rfc2217://{self.peer}"))
+            return
+        super().buffer_updated(nbytes)
+
     def fail(self, exc: BaseException) -> None:
         error = exc if isinstance(exc, MeshserialError) else HandshakeError(str(exc))
+        if isinstance(error, HandshakeError) and self.peer_id is None:
+            error = HandshakeError(f"{self.peer} is not a meshserial server ({error})")
         for fut in (self.server_identified, self.answer):
             _set_exception(fut, error)
-        super().fail(exc)
+        # The caller reports the error; a log line too would say it twice.
+        log.debug("%s: closing connection: %s", self.peer, exc)
+        self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         lost = ConnectionLost("the server closed the connection")

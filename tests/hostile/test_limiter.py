@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshserial.net.secure import HandshakeLimiter
+from meshserial.net.slots import HandshakeLimiter
 
 
 @dataclass(eq=False)

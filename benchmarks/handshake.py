@@ -59,11 +59,12 @@ async def run(count: int, warmup: int) -> dict[str, dict[str, float]]:
     from meshserial.client import ConnectOptions, connect_target, parse_target
     from meshserial.finder import server_label
     from meshserial.keys import Identity, load_or_create_identity
+    from meshserial.net.listener import PlainListeners
     from meshserial.net.rfc2217_client import connect_rfc2217
     from meshserial.net.sharing import SharedPort
     from meshserial.ports.factory import open_port
     from meshserial.proto.settings import SerialSettings
-    from meshserial.server import PlainServer, SecureServer
+    from meshserial.server import SecureServer
     from meshserial.trust import AuthorizedClients, KnownServers
 
     # The server's identity lives in memory; the client's is the one ``connect_target`` loads from
@@ -74,7 +75,7 @@ async def run(count: int, warmup: int) -> dict[str, dict[str, float]]:
     shared = SharedPort("dev", open_port("sim:echo", SerialSettings()))
     await shared.start()
     secure = SecureServer([shared], server_id, "127.0.0.1", 0)
-    plain = PlainServer([shared], "127.0.0.1", 0)
+    plain = PlainListeners([shared], "127.0.0.1", 0)
 
     # (a) is when ``connect_secure`` returns: the Accept has arrived. ``connect_target`` looks the
     # function up in its module at call time, so a timing wrapper there sees every connection.
@@ -93,7 +94,7 @@ async def run(count: int, warmup: int) -> dict[str, dict[str, float]]:
             await plain.start()
         assert secure.address is not None
         host, port = secure.address
-        plain_port = plain._servers[0].sockets[0].getsockname()[1]
+        plain_port = int(plain.addresses[0][1].rsplit(":", 1)[1])
         KnownServers().load().pin(server_label(host, port), server_id.public_id, via="benchmark")
         target = parse_target(f"dev@{host}:{port}")
         options = ConnectOptions()

@@ -23,14 +23,15 @@ from meshserial.net.link import LinkOptions, PortLink
 from meshserial.net.resilient import Connector, ResilientClient, StreamFor
 from meshserial.net.rfc2217_client import connect_rfc2217
 from meshserial.net.secure import DEFAULT_KEEPALIVE, ClientConnection
-from meshserial.net.sharing import SCROLLBACK_BYTES, SharedPort
+from meshserial.net.sharing import SCROLLBACK_BYTES
 from meshserial.net.tcp import DEFAULT_PORT, format_hostport, parse_hostport
 from meshserial.net.tcp import connect as tcp_connect
 from meshserial.ports.base import Port
 from meshserial.ports.pty import PTY_LIMITATIONS, PtyPort
 from meshserial.proto import session as sess
 from meshserial.proto.settings import SerialSettings
-from meshserial.server import PlainServer, announce, load_identity_noting
+from meshserial.proto.text import check_port_name, escape, valid_port_name
+from meshserial.server import announce, load_identity_noting
 from meshserial.trust import KnownServers
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 TrustCheck = Callable[[bytes], Awaitable[None]]
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
-_PORT_NAME_RE = re.compile(r"[^\x00-\x20\x7f/@:]{1,64}")  # what discovery can find (no spaces, '/', ':')
 STAGGER = 0.25  # seconds between connection attempts to the addresses of one server
 
 
@@ -68,10 +68,13 @@ def parse_target(text: str) -> Target:
     name, sep, where = text.partition("@")
     if sep and name and where:
         host, port = parse_hostport(where, default_port=DEFAULT_PORT, what="server address")
-        return Target(kind="meshserial", host=host, port=port, name=name)
-    if not sep and _PORT_NAME_RE.fullmatch(text):
+        return Target(kind="meshserial", host=host, port=port, name=check_port_name(name))
+    if not sep and valid_port_name(text):
         return Target(kind="discover", host="", port=0, name=text)
-    raise UsageError(f"bad target {text!r}: use {_TARGET_FORMS}")
+    shown = escape(text)
+    if not sep and ":" in text:
+        raise UsageError(f"bad target {shown!r}: a server address needs the port's name: NAME@{shown}")
+    raise UsageError(f"bad target {shown!r}: use {_TARGET_FORMS}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,10 +94,10 @@ def trust_checker(label: str, options: TrustOptions) -> TrustCheck:
         shown = f"{format_id(server_id)} (fingerprint {fingerprint(server_id)})"
         if options.trust_new:
             known.pin(label, server_id, via="first-use")
-            print(f"meshserial: trusting new server {label}: {shown}", file=sys.stderr, flush=True)
+            print(f"meshserial: trusting new server {escape(label)}: {shown}", file=sys.stderr, flush=True)
             return
         if options.interactive and sys.stdin.isatty():
-            question = f"meshserial: new server {label} presents {shown}.\nTrust it? [y/N] "
+            question = f"meshserial: new server {escape(label)} presents {shown}.\nTrust it? [y/N] "
             answer = await asyncio.get_running_loop().run_in_executor(None, _ask, question)
             if answer.strip().lower() in ("y", "yes"):
                 known.pin(label, server_id, via="confirmed")
@@ -285,52 +288,95 @@ class Connection:
 
 
 def _status(line: str) -> None:
-    print(f"meshserial: {line}", file=sys.stderr, flush=True)
+    # Status lines quote the server (deny reasons, names): escaped like every log line.
+    print(f"meshserial: {escape(line)}", file=sys.stderr, flush=True)
+
+
+class Upstream:
+    """One target, ready to be connected to as often as needed (the gateway connects on demand).
+
+    :meth:`prepare` loads the identity and looks a discovered name up once, so that errors (no such
+    port, no identity) come at start-up; every :meth:`connect` then starts a session, and a session's
+    own reconnects look the name up again (the server may have moved between LAN and overlay).
+    """
+
+    def __init__(self, target: Target, options: ConnectOptions | None = None) -> None:
+        self.target = target
+        self.options = options or ConnectOptions()
+        self._identity: Identity | None = None
+        self._resolved: Resolved | None = None
+
+    @property
+    def label(self) -> str:
+        """``NAME@WHERE`` for messages (``HOST:PORT`` of a plain RFC 2217 server)."""
+        target = self.target
+        if target.kind == "rfc2217":
+            return format_hostport(target.host, target.port)
+        if self._resolved is not None:
+            where = self._resolved.host or format_hostport(*self._resolved.addresses[0])
+        else:
+            where = format_hostport(target.host, target.port)
+        return f"{target.name}@{where}"
+
+    async def prepare(self) -> None:
+        if self.target.kind == "rfc2217" or self._identity is not None:
+            return
+        self._identity = load_identity_noting()
+        if self.target.kind == "discover":
+            self._resolved = await resolve(self.target.name, self.options.find)
+
+    async def connect(self, *, read_only: bool | None = None) -> Connection:
+        """Connect; the returned port's RFC 2217 session is active. ``read_only`` overrides the
+        options' mode (the gateway's start-up check watches, so as not to take the port)."""
+        target, options = self.target, self.options
+        if target.kind == "rfc2217":
+            where = format_hostport(target.host, target.port)
+            return Connection(await connect_rfc2217(target.host, target.port, name=where))
+        await self.prepare()
+        identity = self._identity
+        assert identity is not None
+        connector: Connector
+        if self._resolved is not None:
+            connector = _discovered_connector(self._resolved, identity, options)
+        else:
+            connector = _direct_connector(target, identity, options)
+        watch = options.read_only if read_only is None else read_only
+        hello = sess.Hello(
+            port=target.name,
+            mode="ro" if watch else "rw",
+            takeover=options.takeover,
+            scrollback=options.scrollback,
+        )
+        client = ResilientClient(
+            name=self.label, hello=hello, connector=connector, status=_status, reconnect=options.reconnect
+        )
+        await client.open()
+        return Connection(client.port, client)
 
 
 async def connect_target(target: Target, options: ConnectOptions | None = None) -> Connection:
-    """Connect; the returned port's RFC 2217 session is active."""
-    where = format_hostport(target.host, target.port)
-    if target.kind == "rfc2217":
-        return Connection(await connect_rfc2217(target.host, target.port, name=where))
-    options = options or ConnectOptions()
-    identity = load_identity_noting()
-    connector: Connector
-    if target.kind == "discover":
-        resolved = await resolve(target.name, options.find)
-        where = resolved.host or format_hostport(*resolved.addresses[0])
-        connector = _discovered_connector(resolved, identity, options)
-    else:
-        trust = trust_checker(server_label(target.host, target.port), options.trust)
+    """Connect once; the returned port's RFC 2217 session is active."""
+    return await Upstream(target, options).connect()
 
-        async def connector(hello: sess.Hello, stream_for: StreamFor) -> tuple[ClientConnection, sess.Accept]:
-            conn, answer = await connect_secure(
-                target.host,
-                target.port,
-                identity=identity,
-                request=hello,
-                trust=trust,
-                stream_for=stream_for,
-                keepalive=options.keepalive,
-            )
-            assert isinstance(answer, sess.Accept)
-            return conn, answer
 
-    hello = sess.Hello(
-        port=target.name,
-        mode="ro" if options.read_only else "rw",
-        takeover=options.takeover,
-        scrollback=options.scrollback,
-    )
-    client = ResilientClient(
-        name=f"{target.name}@{where}",
-        hello=hello,
-        connector=connector,
-        status=_status,
-        reconnect=options.reconnect,
-    )
-    await client.open()
-    return Connection(client.port, client)
+def _direct_connector(target: Target, identity: Identity, options: ConnectOptions) -> Connector:
+    """Connect to ``NAME@HOST:PORT``."""
+    trust = trust_checker(server_label(target.host, target.port), options.trust)
+
+    async def connector(hello: sess.Hello, stream_for: StreamFor) -> tuple[ClientConnection, sess.Accept]:
+        conn, answer = await connect_secure(
+            target.host,
+            target.port,
+            identity=identity,
+            request=hello,
+            trust=trust,
+            stream_for=stream_for,
+            keepalive=options.keepalive,
+        )
+        assert isinstance(answer, sess.Accept)
+        return conn, answer
+
+    return connector
 
 
 def _discovered_connector(resolved: Resolved, identity: Identity, options: ConnectOptions) -> Connector:
@@ -366,6 +412,13 @@ def _discovered_connector(resolved: Resolved, identity: Identity, options: Conne
         return conn, answer
 
     return connector
+
+
+def _ended(name: str, exc: BaseException | None) -> MeshserialError:
+    """The error for a session that ended under us: its own (it says why) or a plain "lost"."""
+    if isinstance(exc, MeshserialError):
+        return exc
+    return ConnectionLost(f"connection to {name} lost" + (f": {exc}" if exc else ""))
 
 
 def default_link(name: str) -> Path:
@@ -409,31 +462,8 @@ async def run_pty(target: Target, *, link: Path | None, options: UseOptions) -> 
             side, exc = await bridge.wait()
             keeper.cancel()
         if side is remote:
-            raise ConnectionLost(f"connection to {remote.name} lost" + (f": {exc}" if exc else ""))
+            raise _ended(remote.name, exc)
         return 0
     finally:
         await connection.aclose()
         await pty.aclose()
-
-
-async def run_gateway(target: Target, *, listen: tuple[str, int], options: UseOptions) -> int:
-    """Local RFC 2217 endpoint relayed to the remote port."""
-    connection = await connect_target(target, options.connect)
-    remote = connection.port
-    shared = SharedPort(target.name, remote)
-    server: PlainServer | None = None
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            keeper = tasks.create_task(connection.run())
-            await shared.start()
-            if options.settings is not None:
-                remote.configure(options.settings)
-            server = PlainServer([shared], *listen)
-            await server.start()
-            exc = await shared.closed
-            keeper.cancel()
-        raise ConnectionLost(f"connection to {remote.name} lost" + (f": {exc}" if exc else ""))
-    finally:
-        if server is not None:
-            await server.aclose()
-        await connection.aclose()

@@ -8,8 +8,6 @@ unauthenticated and meant for loopback or trusted links and legacy tools.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import functools
 import logging
 import secrets
@@ -17,20 +15,22 @@ import sys
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshserial import logonce
 from meshserial.access import FileAuthorizer
 from meshserial.advertise import PublishConfig, Publisher
-from meshserial.errors import PortBusy, Refused, UsageError
+from meshserial.errors import Refused, UsageError
 from meshserial.keys import Identity, load_or_create_identity
+from meshserial.net.listener import PlainListeners, close_listener, listen
 from meshserial.net.rfc2217_server import Rfc2217ServerSession
-from meshserial.net.secure import DEFAULT_KEEPALIVE, HANDSHAKE_TIMEOUT, HandshakeLimiter, ServerConnection
+from meshserial.net.secure import DEFAULT_KEEPALIVE, HANDSHAKE_TIMEOUT, ServerConnection
 from meshserial.net.sharing import SCROLLBACK_BYTES, Mode, SharedPort
+from meshserial.net.slots import HandshakeLimiter
 from meshserial.net.stream import SessionStream
-from meshserial.net.tcp import format_hostport, is_loopback
+from meshserial.net.tcp import format_hostport
 from meshserial.ports.factory import open_port
 from meshserial.proto import session as sess
 from meshserial.proto.settings import SerialSettings
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 _log_once = logonce.LogOnce(log)
 
 DEFAULT_DETACH_TIMEOUT = 60.0
-LISTEN_BACKLOG = 1024
 # How long a background part (advertising, the revocation watch) may take to stop on shutdown: enough
 # for a rendezvous withdrawal, which is bounded by its request timeout (5 s).
 STOP_GRACE = 6.0
@@ -66,65 +65,9 @@ class ShareConfig:
     publish: PublishConfig = field(default_factory=PublishConfig)  # mDNS adverts, rendezvous
 
 
-async def listen(host: str, port: int, factory: Callable[[], asyncio.BaseProtocol]) -> asyncio.Server:
-    """Start a TCP server, translating "address in use" and friends into one clear error."""
-    loop = asyncio.get_running_loop()
-    try:
-        # A deep accept queue: under a connection flood a short one overflows, and the kernel then
-        # drops a newcomer's SYN, costing it a one-second retransmission before we even see it.
-        return await loop.create_server(factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
-    except OSError as exc:
-        where = format_hostport(host, port)
-        if exc.errno == errno.EADDRINUSE:
-            raise PortBusy(f"cannot listen on {where}: address already in use") from exc
-        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
-
-
 def announce(line: str) -> None:
     """A line for humans and scripts on stdout, flushed at once (tests wait for it)."""
     print(line, flush=True)
-
-
-class PlainServer:
-    """Plain RFC 2217 listeners for the shared ports, one TCP port each (consecutive ports)."""
-
-    def __init__(self, shared: list[SharedPort], host: str, port: int) -> None:
-        self._shared = shared
-        self._host = host
-        self._port = port
-        self._servers: list[asyncio.Server] = []
-
-    async def start(self) -> None:
-        if not is_loopback(self._host):
-            print(
-                f"meshserial: warning: plain RFC 2217 on {self._host} is unauthenticated and unencrypted: "
-                "anyone who can reach it can use the port",
-                file=sys.stderr,
-                flush=True,
-            )
-        for index, shared in enumerate(self._shared):
-            port = self._port + index if self._port else 0
-            server = await listen(self._host, port, _session_factory(shared))
-            self._servers.append(server)
-            bound = server.sockets[0].getsockname()
-            announce(f"sharing {shared.name} on rfc2217://{format_hostport(self._host, bound[1])}")
-
-    async def aclose(self) -> None:
-        for server in self._servers:
-            server.close()
-        for server in self._servers:
-            await _wait_closed(server)
-
-
-async def _wait_closed(server: asyncio.Server, timeout: float = 2.0) -> None:
-    """Wait (briefly) for a closed listener to finish: shutting down must never hang."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(timeout):
-            await server.wait_closed()
-
-
-def _session_factory(shared: SharedPort) -> Callable[[], asyncio.BaseProtocol]:
-    return lambda: Rfc2217ServerSession(shared)
 
 
 @dataclass(slots=True, kw_only=True, eq=False)
@@ -225,7 +168,9 @@ class SecureServer:
             )
             raise Refused("too many invite attempts from this address; try again in a minute")
         try:
-            return self._authorizer.redeem(redeem.invite, redeem.proof, conn.handshake_hash, conn.peer_id)
+            return self._authorizer.redeem(
+                redeem.invite, redeem.proof, conn.handshake_hash, conn.peer_id, redeem.name
+            )
         except Refused as exc:
             _log_once.warning(
                 conn.source, "invite not accepted", str(exc.__cause__ or exc), repeats="failed invite proofs"
@@ -435,7 +380,7 @@ class SecureServer:
             log.warning(
                 "%s of %s to %s; ending its session", reason, self.label(live.client_id), live.shared.name
             )
-            self._end(live, f"{reason} by the server")
+            self._end(live, reason)
 
     async def aclose(self) -> None:
         if self._server is not None:
@@ -453,7 +398,7 @@ class SecureServer:
             if not conn.closing:
                 conn.abort()
         if self._server is not None:
-            await _wait_closed(self._server)
+            await close_listener(self._server)
 
 
 async def run_share(config: ShareConfig) -> int:
@@ -465,7 +410,7 @@ async def run_share(config: ShareConfig) -> int:
         raise UsageError("nothing to serve on: give --listen HOST:PORT and/or --rfc2217 HOST:PORT")
     identity = load_identity_noting() if config.listen is not None else None
     shared: list[SharedPort] = []
-    plain: PlainServer | None = None
+    plain: PlainListeners | None = None
     secure: SecureServer | None = None
     try:
         for device in config.devices:
@@ -485,8 +430,10 @@ async def run_share(config: ShareConfig) -> int:
             )
             await secure.start()
         if config.rfc2217 is not None:
-            plain = PlainServer(shared, *config.rfc2217)
+            plain = PlainListeners(shared, *config.rfc2217)
             await plain.start()
+            for name, url in plain.addresses:
+                announce(f"sharing {name} on {url}")
         async with asyncio.TaskGroup() as tasks:
             if secure is not None:
                 tasks.create_task(_stoppable(secure.watch_access(), "the access watch"))

@@ -9,7 +9,13 @@ from typing import Any
 
 from meshserial import config
 from meshserial.advertise import PublishConfig
-from meshserial.cli.options import add_config_option, add_line_settings, hostport, line_settings, seconds
+from meshserial.cli.options import (
+    add_config_option,
+    add_line_settings,
+    line_settings,
+    listen_address,
+    seconds,
+)
 from meshserial.errors import UsageError
 from meshserial.net.secure import DEFAULT_KEEPALIVE, HANDSHAKE_TIMEOUT
 from meshserial.net.sharing import SCROLLBACK_BYTES
@@ -35,16 +41,18 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--listen",
-        type=hostport(DEFAULT_PORT),
+        type=listen_address("0.0.0.0", DEFAULT_PORT),
         metavar="HOST:PORT",
         help=f"encrypted, authenticated service address (default 0.0.0.0:{DEFAULT_PORT}, unless only "
-        "--rfc2217 is given)",
+        "--rfc2217 is given); a bare PORT listens on every interface, like the default",
     )
     parser.add_argument(
         "--rfc2217",
-        type=hostport(None),
+        type=listen_address("127.0.0.1"),
         metavar="HOST:PORT",
-        help="serve plain RFC 2217 (unauthenticated!) on HOST:PORT; several devices take consecutive ports",
+        help="serve plain RFC 2217 (unauthenticated!) on HOST:PORT; several devices take consecutive ports. "
+        "A bare PORT listens on 127.0.0.1 only, since anyone who reaches it can use the device: write "
+        "0.0.0.0:PORT (or :PORT) for every interface",
     )
     parser.add_argument(
         "--wait", action="store_true", help="wait for a device that does not exist yet instead of failing"

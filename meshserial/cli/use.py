@@ -11,14 +11,15 @@ from meshserial.cli.options import (
     add_discovery_options,
     add_line_settings,
     find_options,
-    hostport,
     line_settings,
+    listen_address,
     on_off,
     seconds,
 )
-from meshserial.client import ConnectOptions, TrustOptions, UseOptions, parse_target, run_gateway, run_pty
+from meshserial.client import ConnectOptions, TrustOptions, Upstream, UseOptions, parse_target, run_pty
 from meshserial.errors import UsageError
 from meshserial.finder import FindOptions
+from meshserial.gateway import DEFAULT_LINGER, GatewayOptions, run_gateway
 from meshserial.net.link import LinkOptions
 from meshserial.net.secure import DEFAULT_KEEPALIVE
 
@@ -37,9 +38,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     mode.add_argument("--pty", action="store_true", help="create a local virtual serial port (PTY)")
     mode.add_argument(
         "--listen",
-        type=hostport(None),
+        type=listen_address("127.0.0.1"),
         metavar="HOST:PORT",
-        help="serve the port as plain RFC 2217 on HOST:PORT (for pyserial, esptool, hub4com)",
+        help="serve the port as plain RFC 2217 on HOST:PORT (for pyserial, esptool, hub4com); a bare "
+        "PORT listens on 127.0.0.1 only, since the endpoint is unauthenticated (0.0.0.0:PORT for every "
+        "interface)",
     )
     parser.add_argument(
         "--link",
@@ -84,6 +87,15 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="replace a stale read-write session of this same identity on the port",
     )
     session.add_argument(
+        "--linger",
+        type=seconds,
+        default=DEFAULT_LINGER,
+        metavar="S",
+        help="with --listen: the remote port is opened when a local client connects and closed S "
+        "seconds after the last one leaves, so a tool that closes and reopens it keeps it "
+        f"(default {DEFAULT_LINGER:g})",
+    )
+    session.add_argument(
         "--scrollback",
         type=seconds,
         default=0.0,
@@ -115,4 +127,9 @@ def run(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
         raise UsageError("--link goes with --pty")
     if args.pty:
         return run_pty(target, link=args.link, options=options)
-    return run_gateway(target, listen=args.listen, options=options)
+    gateway = GatewayOptions(listen=args.listen, linger=args.linger)
+    return run_gateway(Upstream(target, options.connect), options, gateway, announce=_print_line)
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)

@@ -6,6 +6,15 @@ and resumes the same session from the acknowledged offsets (:mod:`meshserial.net
 application keeps its port throughout: it talks to a :class:`SessionPort`, which stays the same object
 even when the server had to start a new session (it then re-applies the line settings and says how
 many bytes may have been lost).
+
+While the connection is down, what the application writes is held by the :class:`SessionPort` (up to
+:data:`HOLD_LIMIT`; beyond it the application is paused, as a UART with flow control would pause it)
+and sent once the session is back, resumed or new: those bytes never left this machine, so they are
+never lost. Only bytes that were in flight when the connection died (sent, not acknowledged) can be
+lost, and only when the server could not resume the session; the status line says how many.
+
+A session the server ends on purpose (access revoked or expired, replaced, too slow) is final: the
+reason arrives with the end and becomes the client's error, with no attempt to reconnect.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ StreamFor = Callable[[ClientConnection, sess.Accept], None]
 Connector = Callable[[sess.Hello, StreamFor], Awaitable[tuple[ClientConnection, sess.Accept]]]
 
 FIRST_BACKOFF = 0.1
+HOLD_LIMIT = 1024 * 1024  # application bytes kept while the connection is down
 MAX_BACKOFF = 1.0
 ACTIVE_TIMEOUT = 10.0
 RECONNECT_ATTEMPT_TIMEOUT = 2.0
@@ -45,6 +55,10 @@ class SessionPort(Port):
         self._wanted: SerialSettings | None = None
         self._lines: dict[str, bool] = {}
         self._reading_paused = False
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._holding = False
+        self._held_paused = False
 
     @property
     def remote(self) -> RemotePort:
@@ -56,8 +70,9 @@ class SessionPort(Port):
         old, self._remote = self._remote, remote
         if old is not None and old is not remote:
             old.bind(_DISCARD)  # the replaced session's last callbacks (its end) go nowhere
-        # Every byte from the application passes here: hand it to the remote port directly.
-        self.write = remote.write  # type: ignore[method-assign]
+        if not self._holding:
+            # Every byte from the application passes here: hand it to the remote port directly.
+            self.write = remote.write  # type: ignore[method-assign]
         if self._listener is not None:
             # Until the local side starts, the remote port keeps what arrives (early data).
             remote.bind(self._listener)
@@ -68,6 +83,32 @@ class SessionPort(Port):
                 remote.configure(self._wanted)
             if self._lines:
                 remote.set_control(dtr=self._lines.get("dtr"), rts=self._lines.get("rts"))
+
+    def hold(self) -> None:
+        """The connection is down: keep what the application writes (see the module docstring)."""
+        self._holding = True
+        self.write = self._hold  # type: ignore[method-assign]
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(bytes(data))
+        self._held_size += len(data)
+        if self._held_size > HOLD_LIMIT and not self._held_paused and self._listener is not None:
+            self._held_paused = True
+            self._listener.port_pause_writing()
+
+    def release(self) -> int:
+        """The session is carried again: send what was held; returns how many bytes that was."""
+        held, size = self._held, self._held_size
+        self._held, self._held_size, self._holding = [], 0, False
+        if self._remote is not None:
+            self.write = self._remote.write  # type: ignore[method-assign]
+            for chunk in held:
+                self._remote.write(chunk)
+        if self._held_paused:
+            self._held_paused = False
+            if self._listener is not None:
+                self._listener.port_resume_writing()
+        return size
 
     # ---- Port ------------------------------------------------------------------------------------
 
@@ -205,8 +246,9 @@ class ResilientClient:
             doubt = stream.replay.size
             stream.ended_by_peer(None)
             self._report = (
-                "new session after {elapsed:.1f} s; the old one was gone: "
-                f"up to {doubt} bytes sent and device output during the outage may be lost"
+                "new session after {elapsed:.1f} s; the old one was gone (server restarted?): "
+                + (f"{doubt} bytes in flight when the connection died may be lost, " if doubt else "")
+                + "{held} bytes written meanwhile were sent; device output during the outage is lost"
             )
         conn.carry(new, 0)
 
@@ -218,6 +260,7 @@ class ResilientClient:
         if not self._reconnect:
             stream.ended_by_peer(ConnectionLost(f"connection to {self._name} lost: {exc}"))
             return
+        self.port.hold()
         self._status(f"connection lost ({exc}); reconnecting…")
         self._wake.set()
 
@@ -256,7 +299,7 @@ class ResilientClient:
                 continue
             except (AuthError, UsageError) as exc:
                 # Not a network problem: trying again would not help (revoked, port taken, key changed).
-                self._status(f"cannot resume: {exc}")
+                # The error ends the session and reaches the user as the reason.
                 if self._stream is not None:
                     self._stream.ended_by_peer(exc)
                 return
@@ -265,8 +308,10 @@ class ResilientClient:
                 await asyncio.sleep(delay * random.uniform(0.75, 1.25))
                 delay = min(delay * 2, self._max_backoff)
                 continue
+            held = self.port.release()
             elapsed = loop.time() - self._lost_at
-            self._status((self._report or "reconnected after {elapsed:.1f} s").format(elapsed=elapsed))
+            report = self._report or "reconnected after {elapsed:.1f} s"
+            self._status(report.format(elapsed=elapsed, held=held))
             self._report = None
             return
 

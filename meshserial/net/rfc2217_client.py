@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from meshserial.errors import ConnectionLost, PortClosed, ProtocolError
+from meshserial.errors import ConnectionLost, MeshserialError, PortClosed, ProtocolError
 from meshserial.logonce import LogOnce
 from meshserial.net.tcp import ReceiveBuffer, connect, format_hostport, tune_socket
 from meshserial.ports.base import Capabilities, ModemStateChanged, Port, PortListener, SettingsChanged
 from meshserial.proto import rfc2217
 from meshserial.proto.rfc2217 import Command, Control, Purge
 from meshserial.proto.settings import FlowControl, ModemState, Parity, SerialSettings, StopBits
+from meshserial.proto.text import escape
 
 log = logging.getLogger(__name__)
 _log_once = LogOnce(log)
@@ -53,6 +54,7 @@ class RemotePort(Port, ReceiveBuffer):
         self._timer_at: float | None = None
         self._closed = False
         self._paused_by_server = False
+        self._lines_seen: ModemState | None = None
         self.active: asyncio.Future[None] = self._loop.create_future()
         self.lost: asyncio.Future[BaseException | None] = self._loop.create_future()
 
@@ -83,14 +85,24 @@ class RemotePort(Port, ReceiveBuffer):
             self._timer.cancel()
         reason: BaseException | None = exc
         if not self.active.done():
-            self.active.set_exception(
-                ConnectionLost("the server closed the connection before RFC 2217 was agreed")
-            )
+            self.active.set_exception(ConnectionLost(self._refusal()))
             self.active.exception()  # mark retrieved; connect() reports it
         if not self.lost.done():
             self.lost.set_result(reason)
         if self._listener is not None:
-            self._listener.port_closed(ConnectionLost(f"connection to {self.name} lost") if exc else None)
+            self._listener.port_closed(_lost(self.name, exc))
+
+    def _refusal(self) -> str:
+        """Why the server closed before RFC 2217 was agreed, as far as we can tell: a server that
+        refuses says so in text (ser2net's and our "port in use", a meshserial server's pointer to its
+        encrypted protocol); one that says nothing is probably not an RFC 2217 server at all."""
+        said = b"".join(self._early).decode("utf-8", "replace").strip()
+        if said:
+            return f"{self.name} closed the connection, saying: {escape(' '.join(said.split()), 200)}"
+        return (
+            f"{self.name} closed the connection before RFC 2217 was agreed: not an RFC 2217 server? "
+            "(a meshserial server's encrypted port takes NAME@HOST:PORT)"
+        )
 
     def pause_writing(self) -> None:
         if self._listener is not None:
@@ -150,8 +162,12 @@ class RemotePort(Port, ReceiveBuffer):
                 case Command.SET_CONTROL if value in _CONTROL_FLOW:
                     new = current.with_changes(flow=_CONTROL_FLOW[value])
                 case Command.NOTIFY_MODEMSTATE:
+                    state = ModemState(value & 0xFF)
+                    if state & ModemState.lines() != (self._lines_seen or ModemState(0)) & ModemState.lines():
+                        log.info("%s: modem lines %s", self.name, state.describe())
+                    self._lines_seen = state
                     if self._listener is not None:
-                        self._listener.port_event(ModemStateChanged(state=ModemState(value & 0xFF)))
+                        self._listener.port_event(ModemStateChanged(state=state))
                     return
                 case _:
                     return
@@ -223,6 +239,8 @@ class RemotePort(Port, ReceiveBuffer):
             self._engine.request(Command.SET_STOPSIZE, int(settings.stopbits), now)
         if first or settings.flow != old.flow:
             self._engine.request(Command.SET_CONTROL, int(_FLOW_CONTROL[settings.flow]), now)
+        if first or settings != old:
+            log.info("%s: settings %s", self.name, settings.describe())
         self._settings = settings
         self._known = True
         self._flush()
@@ -244,6 +262,10 @@ class RemotePort(Port, ReceiveBuffer):
             old_rts if rts is None else rts,
             old_brk if break_ is None else break_,
         )
+        asked = (("DTR", dtr), ("RTS", rts), ("BREAK", break_))
+        log.info(
+            "%s: %s", self.name, ", ".join(f"{n} {'on' if v else 'off'}" for n, v in asked if v is not None)
+        )
         self._flush()
 
     @property
@@ -257,6 +279,11 @@ class RemotePort(Port, ReceiveBuffer):
         if not (rx or tx):
             return
         value = Purge.BOTH if rx and tx else (Purge.RX if rx else Purge.TX)
+        log.info(
+            "%s: purge %s",
+            self.name,
+            {Purge.RX: "received data", Purge.TX: "data to send"}.get(value, "both ways"),
+        )
         self._engine.request(Command.PURGE_DATA, int(value), self._loop.time())
         self._flush()
 
@@ -290,6 +317,15 @@ class RemotePort(Port, ReceiveBuffer):
         self._timer_at = None
         self._handle(self._engine.handle_timer(self._loop.time()))
         self._flush()
+
+
+def _lost(name: str, exc: BaseException | None) -> BaseException | None:
+    """What the port's user is told when the connection ends: ``None`` for a clean end, our own
+    errors as they are (they already say why), anything else as :class:`ConnectionLost`."""
+    if exc is None or isinstance(exc, MeshserialError):
+        return exc
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    return ConnectionLost(f"connection to {name} lost: {reason}")
 
 
 async def connect_rfc2217(

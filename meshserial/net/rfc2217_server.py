@@ -27,6 +27,8 @@ _log_once = LogOnce(log)
 PAUSE_HIGH_WATER = 1024 * 1024
 #: How long a closed connection may take to hand over what is still queued before it is cut off.
 CLOSE_GRACE = 5.0
+#: How long a new plain connection waits for a port another client holds before it is told "busy".
+REOPEN_GRACE = 1.0
 
 
 def peer_label(transport: asyncio.BaseTransport) -> str:
@@ -68,6 +70,7 @@ class Rfc2217ServerSession(ReceiveBuffer):
         #: connection has no place for a reason and is just closed.
         self.end_with_reason: Callable[[str], None] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._give_up: asyncio.TimerHandle | None = None  # while waiting for a busy port
         self.closed = asyncio.get_running_loop().create_future()
 
     # ---- asyncio.Protocol --------------------------------------------------------------------------
@@ -79,19 +82,13 @@ class Rfc2217ServerSession(ReceiveBuffer):
         self._peer = peer_label(transport)
         if self.label == "peer":
             self.label = self._peer
+        if self._attach and not self._try_attach():
+            return
+        self._open()
+
+    def _open(self) -> None:
+        """Attached: start the RFC 2217 conversation."""
         shared = self._target
-        if self._attach:
-            try:
-                shared.attach(self, self._mode)
-            except Refused as exc:
-                log.info("%s refused: %s", self._peer, exc)
-                # A line a human with telnet or nc can read, as ser2net does; who holds the port is not
-                # for an unauthenticated client to know.
-                busy = f"\r\nmeshserial: port {shared.name} is in use by another client; try again later\r\n"
-                transport.write(busy.encode())
-                self._close()
-                return
-            self._shared = shared
         state = shared.modem_state()
         self._engine = rfc2217.ServerSide(modem_state=state if state is not None else _default_modem(shared))
         self._engine.initiate()
@@ -99,6 +96,48 @@ class Rfc2217ServerSession(ReceiveBuffer):
         if self._scrollback:
             scrollback, self._scrollback = self._scrollback, b""
             self.deliver(scrollback)
+
+    def _try_attach(self) -> bool:
+        """Attach to the port; if another client holds it, wait :data:`REOPEN_GRACE` for it to go.
+
+        The holder may be a connection its client has just closed, whose end we have not read yet: a
+        tool that closes the port and opens it again at once (test harnesses and flashing tools do it
+        dozens of times a minute) must not be told "busy" by its own previous connection.
+        """
+        transport = self._transport
+        assert transport is not None
+        try:
+            self._target.attach(self, self._mode)
+        except Refused as exc:
+            if self._give_up is None:
+                transport.pause_reading()
+                loop = asyncio.get_running_loop()
+                self._give_up = loop.call_later(REOPEN_GRACE, self._refuse, str(exc))
+            self._target.when_free(self._retry)
+            return False
+        self._shared = self._target
+        if self._give_up is not None:
+            self._give_up.cancel()
+            self._give_up = None
+            transport.resume_reading()
+        return True
+
+    def _retry(self) -> None:
+        if not self._closing and self._shared is None and self._try_attach():
+            self._open()
+
+    def _refuse(self, reason: str) -> None:
+        self._give_up = None
+        self._target.cancel_when_free(self._retry)
+        log.info("%s refused: %s", self._peer, reason)
+        if self._transport is not None and not self._closing:
+            # A line a human with telnet or nc can read, as ser2net does; who holds the port is not
+            # for an unauthenticated client to know.
+            busy = (
+                f"\r\nmeshserial: port {self._target.name} is in use by another client; try again later\r\n"
+            )
+            self._transport.write(busy.encode())
+        self._close()
 
     def queue_scrollback(self, data: bytes) -> None:
         """Device output from before this session, sent right after the RFC 2217 opening."""
@@ -148,6 +187,10 @@ class Rfc2217ServerSession(ReceiveBuffer):
         if self._abort_timer is not None:
             self._abort_timer.cancel()
             self._abort_timer = None
+        if self._give_up is not None:
+            self._give_up.cancel()
+            self._give_up = None
+            self._target.cancel_when_free(self._retry)
         if self._shared is not None:
             self._shared.detach(self)
         if exc is not None:

@@ -44,6 +44,41 @@ SESSION_HOLD_LIMIT = 4 * 1024 * 1024
 SCROLLBACK_BYTES = 64 * 1024
 
 
+_CONTROL_WORDS: dict[int, str] = {
+    Control.FLOW_NONE: "flow control none",
+    Control.FLOW_XONXOFF: "flow control XON/XOFF",
+    Control.FLOW_HARDWARE: "flow control RTS/CTS",
+    Control.BREAK_ON: "BREAK on",
+    Control.BREAK_OFF: "BREAK off",
+    Control.DTR_ON: "DTR on",
+    Control.DTR_OFF: "DTR off",
+    Control.RTS_ON: "RTS on",
+    Control.RTS_OFF: "RTS off",
+}
+_PURGE_WORDS: dict[int, str] = {
+    Purge.RX: "purge received data",
+    Purge.TX: "purge data to send",
+    Purge.BOTH: "purge both ways",
+}
+_SETTING_WORDS = {
+    Command.SET_BAUDRATE: "baud",
+    Command.SET_DATASIZE: "data bits",
+    Command.SET_PARITY: "parity",
+    Command.SET_STOPSIZE: "stop bits",
+}
+
+
+def describe_request(command: Command, value: int) -> str | None:
+    """A change an RFC 2217 request asks for, in words; ``None`` for queries and anything else."""
+    if command in _SETTING_WORDS and value:
+        return f"{_SETTING_WORDS[command]} {value}"
+    if command is Command.SET_CONTROL:
+        return _CONTROL_WORDS.get(value)
+    if command is Command.PURGE_DATA:
+        return _PURGE_WORDS.get(value)
+    return None
+
+
 class Mode(enum.Enum):
     READ_WRITE = "rw"
     READ_ONLY = "ro"
@@ -104,6 +139,8 @@ class SharedPort:
         self._online = True
         self._closed = False
         self._observers: list[Callable[[SharedPort], None]] = []
+        # Sessions waiting for the write lock (dict: insertion order, no duplicates, O(1) removal).
+        self._free_waiters: dict[Callable[[], None], None] = {}
         #: Set when the underlying port is gone for good (with the exception, if any).
         self.closed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
@@ -111,6 +148,7 @@ class SharedPort:
 
     async def start(self) -> None:
         await self.port.start(self)
+        self._online = self.port.present
 
     async def aclose(self) -> None:
         for session in list(self._sessions):
@@ -163,6 +201,7 @@ class SharedPort:
         mode = self._sessions.pop(session, None)
         if mode is None:
             return
+        log.info("%s detached from %s", session.label, self.name)
         if session is self._holder:
             self._holder = None
             self._holder_info = None
@@ -170,7 +209,16 @@ class SharedPort:
                 self._device_paused_by_holder = False
                 self.port.resume_reading()
             self._changed()
-        log.info("%s detached from %s", session.label, self.name)
+            waiters, self._free_waiters = self._free_waiters, {}
+            for waiter in waiters:
+                waiter()  # the first to attach holds the port; the others wait again
+
+    def when_free(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the holder next leaves."""
+        self._free_waiters[callback] = None
+
+    def cancel_when_free(self, callback: Callable[[], None]) -> None:
+        self._free_waiters.pop(callback, None)
 
     def mode_of(self, session: Session) -> Mode | None:
         return self._sessions.get(session)
@@ -211,16 +259,32 @@ class SharedPort:
             self.port.resume_reading()
 
     def request(self, session: Session, command: Command, value: int) -> int:
-        """Apply one RFC 2217 request from ``session``; return the value for the acknowledgement."""
+        """Apply one RFC 2217 request from ``session``; return the value for the acknowledgement.
+
+        Every change the holder asks for is logged at INFO (``-v``): line settings, DTR, RTS, BREAK,
+        flow control and purges, with what the device really uses when it differs.
+        """
+        answer = self._request(session, command, value)
+        if session is self._holder and (what := describe_request(command, value)) is not None:
+            used = "" if answer == value else f" (answered {answer})"
+            log.info("%s: %s: %s%s", self.name, session.label, what, used)
+        return answer
+
+    def _request(self, session: Session, command: Command, value: int) -> int:
         writable = session is self._holder
         caps = self.port.capabilities
         current = self.port.settings
         match command:
+            # The one rule for a setting the device cannot apply (a PTY's data bits, a baud rate the
+            # UART lacks, a port without parity): acknowledge the value asked for, and log that it is
+            # not in use. RFC 2217 would have us answer with the value in use, but pyserial (and so
+            # esptool, miniterm…) treats any other answer as a fatal "remote rejected value", where a
+            # real local port would simply have accepted the request. Both roles (share and the
+            # gateway of use --listen) answer alike; docs/protocol.md states the rule.
             case Command.SET_BAUDRATE:
                 if value and writable:
-                    return self._configure(
-                        current.with_changes(baudrate=value), "baudrate", value, caps.baudrate
-                    ).baudrate
+                    used = self._configure(current.with_changes(baudrate=value), "baud", value, caps.baudrate)
+                    return self._answer(value, used.baudrate)
                 return current.baudrate
             case Command.SET_DATASIZE:
                 if value and writable:
@@ -229,7 +293,7 @@ class SharedPort:
                     used = self._configure(
                         current.with_changes(bytesize=value), "data bits", value, caps.bytesize
                     )
-                    return value if (self._compat_echo and not caps.bytesize) else used.bytesize
+                    return self._answer(value, used.bytesize)
                 return current.bytesize
             case Command.SET_PARITY:
                 if value and writable:
@@ -238,7 +302,7 @@ class SharedPort:
                     except ValueError:
                         return value if self._compat_echo else int(current.parity)
                     used = self._configure(current.with_changes(parity=parity), "parity", value, caps.parity)
-                    return value if (self._compat_echo and not caps.parity) else int(used.parity)
+                    return self._answer(value, int(used.parity))
                 return int(current.parity)
             case Command.SET_STOPSIZE:
                 if value and writable:
@@ -249,9 +313,7 @@ class SharedPort:
                     used = self._configure(
                         current.with_changes(stopbits=stop), "stop bits", value, caps.stopbits
                     )
-                    if self._compat_echo and used.stopbits != stop:
-                        return value
-                    return int(used.stopbits)
+                    return self._answer(value, int(used.stopbits))
                 return int(current.stopbits)
             case Command.SET_CONTROL:
                 return self._control(value, writable)
@@ -261,6 +323,12 @@ class SharedPort:
                 return value
             case _:
                 return value
+
+    def _answer(self, asked: int, used: int) -> int:
+        """The acknowledgement of a setting: what was asked for (see the rule in :meth:`_request`)."""
+        if used != asked:
+            log.warning("%s: asked for %d, the device uses %d; acknowledged as asked", self.name, asked, used)
+        return asked if self._compat_echo else used
 
     def _configure(self, wanted: SerialSettings, what: str, value: int, capable: bool) -> SerialSettings:
         if not capable:
@@ -363,7 +431,9 @@ class SharedPort:
         elif isinstance(event, PeerOpened):
             self._online = True
             log.info("%s: device back", self.name)
-        elif not isinstance(event, ModemStateChanged):
+        elif isinstance(event, ModemStateChanged):
+            log.info("%s: modem lines %s", self.name, event.state.describe())
+        else:
             return
         if not isinstance(event, ModemStateChanged):
             self._changed()

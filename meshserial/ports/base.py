@@ -166,3 +166,9 @@ class Port(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Release everything; idempotent. ``port_closed(None)`` is called once."""
+
+    @property
+    def present(self) -> bool:
+        """Whether the device is there now (a started device waiting for its path says no); changes
+        later arrive as :class:`PeerClosed` / :class:`PeerOpened`."""
+        return True

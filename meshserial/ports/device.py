@@ -159,6 +159,10 @@ class SerialDevice(Port):
     def state(self) -> DeviceState:
         return self._state
 
+    @property
+    def present(self) -> bool:
+        return self._state is DeviceState.PRESENT
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, listener: PortListener) -> None:
@@ -172,7 +176,8 @@ class SerialDevice(Port):
                 raise
             self._listener = listener
             self._state = DeviceState.ABSENT
-            log.info("waiting for %s to appear", self._path)
+            # Said without -v: a share that serves nothing yet must not look like a hang.
+            log.warning("%s is not there yet; waiting for it to appear", self._path)
             self._timer("reopen", REOPEN_POLL_INTERVAL, self._on_reopen_timer)
             return
         self._listener = listener

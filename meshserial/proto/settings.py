@@ -69,6 +69,12 @@ class ModemState(enum.IntFlag):
     def lines(cls) -> ModemState:
         return cls.CTS | cls.DSR | cls.RI | cls.CD
 
+    def describe(self) -> str:
+        """``CTS on, DSR on, RI off, CD on`` (the delta bits are left out)."""
+        return ", ".join(
+            f"{line.name} {'on' if self & line else 'off'}" for line in (self.CTS, self.DSR, self.RI, self.CD)
+        )
+
 
 class LineState(enum.IntFlag):
     """UART line status register bits as carried by NOTIFY-LINESTATE."""

@@ -346,6 +346,7 @@ class Upstream:
             mode="ro" if watch else "rw",
             takeover=options.takeover,
             scrollback=options.scrollback,
+            features=(sess.DEVICE_FEATURE,),
         )
         client = ResilientClient(
             name=self.label, hello=hello, connector=connector, status=_status, reconnect=options.reconnect

@@ -82,6 +82,7 @@ class LiveSession:
     detach_timer: asyncio.TimerHandle | None = None
     detached_at: float | None = None  # loop time at which the connection dropped
     conn: ServerConnection | None = None
+    features: tuple[str, ...] = ()  # what the client said it understands (hello)
 
 
 class SecureServer:
@@ -261,8 +262,15 @@ class SecureServer:
         shared.attach(rfc, mode)  # Refused (port held by another writer) goes back to the client
         stream = SessionStream(rfc, on_detached=self._detached)
         rfc.end_with_reason = functools.partial(self._end_id, session_id)
+        rfc.on_device = functools.partial(self._device_changed, session_id)
         live = LiveSession(
-            id=session_id, client_id=client, shared=shared, mode=mode, stream=stream, conn=conn
+            id=session_id,
+            client_id=client,
+            shared=shared,
+            mode=mode,
+            stream=stream,
+            conn=conn,
+            features=hello.features,
         )
         self._sessions[session_id] = live
         if hello.scrollback > 0:
@@ -275,6 +283,7 @@ class SecureServer:
                 mode=hello.mode,
                 session=session_id,
                 holder=holder.label if holder is not None and mode is Mode.READ_ONLY else None,
+                device=shared.online,
             ),
             stream,
             0,
@@ -298,6 +307,7 @@ class SecureServer:
             live.shared.name,
             f" ({lost} bytes could not be kept)" if lost else "",
         )
+        live.features = hello.features
         return sess.Accept(
             port=hello.port,
             mode=hello.mode,
@@ -305,6 +315,7 @@ class SecureServer:
             rx=live.stream.counter.received,
             tx=live.stream.replay.sent,
             lost=lost,
+            device=live.shared.online,
         )
 
     def _detached(self, stream: SessionStream, exc: BaseException | None) -> None:
@@ -337,6 +348,13 @@ class SecureServer:
             self._ended.popitem(last=False)
         live.stream.end(reason)
         self._forget(live.id)
+
+    def _device_changed(self, session_id: str, present: bool) -> None:
+        """Tell a client whose hello asked for it that the device went away or came back (if it is
+        connected now; one that resumes later finds the state in its ``accept``)."""
+        live = self._sessions.get(session_id)
+        if live is not None and live.conn is not None and sess.DEVICE_FEATURE in live.features:
+            live.conn.send_control(sess.DeviceState(present=present))
 
     def _end_id(self, session_id: str, reason: str) -> None:
         if (live := self._sessions.get(session_id)) is not None:

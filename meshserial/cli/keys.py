@@ -47,7 +47,7 @@ from meshserial.errors import (
 )
 from meshserial.finder import server_label
 from meshserial.invites import InviteCode, create_invite, invite_proof, parse_invite
-from meshserial.keys import create_identity, fingerprint, format_id, load_identity, parse_id
+from meshserial.keys import create_identity, fingerprint, format_id, parse_id
 from meshserial.net.tcp import DEFAULT_PORT, format_hostport, parse_hostport
 from meshserial.proto import session as sess
 from meshserial.proto.text import escape
@@ -87,7 +87,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "id",
         parents=[common],
         help="print this machine's identity (ms1…)",
-        description="Print this machine's public identity, to give to the other side.",
+        description="Print this machine's public identity, to give to the other side (created on "
+        "first use, like keygen).",
     )
     p.add_argument("--fingerprint", action="store_true", help="also print the short fingerprint")
     p.set_defaults(func=show_id)
@@ -204,7 +205,9 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def show_id(args: argparse.Namespace) -> int:
-    identity = load_identity()
+    # On a fresh machine the first `meshserial id` makes the identity (saying so on stderr), as the
+    # first `share` or `use` would: the README's first step works before anything else was run.
+    identity = load_identity_noting()
     print(identity.id_string)
     if args.fingerprint:
         print(fingerprint(identity.public_id))

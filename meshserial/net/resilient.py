@@ -212,6 +212,7 @@ class ResilientClient:
         self._lost_at = 0.0
         self._closing = False
         self._report: str | None = None
+        self._device_present = True
 
     async def open(self) -> None:
         """First connection; errors go to the caller (nothing to resume yet)."""
@@ -226,8 +227,15 @@ class ResilientClient:
         except TimeoutError:
             raise ProtocolError(f"{self._name}: no RFC 2217 session inside the channel") from None
 
+    def _device(self, present: bool) -> None:
+        if present != self._device_present:
+            self._device_present = present
+            self._status("device back on the server" if present else "device unplugged on the server")
+
     def _stream_for(self, conn: ClientConnection, accept: sess.Accept) -> None:
         """Called inside the connection's handling of ``accept``: carry (or replace) the stream."""
+        conn.on_device = self._device
+        self._device(accept.device)
         stream = self._stream
         if stream is not None and accept.session == self._session and not stream.ended:
             unsent = conn.carry(stream, accept.rx)
@@ -287,6 +295,7 @@ class ResilientClient:
                 session=self._session,
                 rx=stream.counter.received,
                 tx=stream.replay.sent,
+                features=self._hello.features,
             )
             try:
                 # Each attempt gives up quickly and tries again: a SYN lost while the path was down

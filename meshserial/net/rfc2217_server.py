@@ -69,6 +69,8 @@ class Rfc2217ServerSession(ReceiveBuffer):
         #: Ends the session telling the peer why (the secure session's stream sets it); a plain TCP
         #: connection has no place for a reason and is just closed.
         self.end_with_reason: Callable[[str], None] | None = None
+        #: Told when the device goes away (False) or comes back (True); the secure server passes it on.
+        self.on_device: Callable[[bool], None] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self._give_up: asyncio.TimerHandle | None = None  # while waiting for a busy port
         self.closed = asyncio.get_running_loop().create_future()
@@ -232,9 +234,13 @@ class Rfc2217ServerSession(ReceiveBuffer):
         elif isinstance(event, PeerClosed):
             # Device gone: tell the client carrier and the other lines dropped.
             self._engine.notify_modemstate(ModemState(0))
+            if self.on_device is not None:
+                self.on_device(False)
         elif isinstance(event, PeerOpened) and self._shared is not None:
             state = self._shared.modem_state()
             self._engine.notify_modemstate(state if state is not None else _default_modem(self._shared))
+            if self.on_device is not None:
+                self.on_device(True)
         self._flush()
 
     def backlog(self) -> int:

@@ -509,6 +509,8 @@ class ClientConnection(SecureConnection):
         self._request = request
         self._stream_for = stream_for
         self.server_identified: asyncio.Future[bytes] = self._loop.create_future()
+        #: Told when the server says its device went away or came back.
+        self.on_device: Callable[[bool], None] | None = None
         self.answer: asyncio.Future[sess.Accept | sess.Paired] = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -546,6 +548,9 @@ class ClientConnection(SecureConnection):
                     self.answer.set_result(message)
             case sess.Deny(reason=reason):
                 _set_exception(self.answer, Refused(reason))
+            case sess.DeviceState(present=present):
+                if self.on_device is not None:
+                    self.on_device(present)
             case _:
                 raise ProtocolError(f"unexpected {type(message).__name__} from the server")
 

@@ -166,6 +166,11 @@ class SharedPort:
         return "in-use" if self._holder is not None else "free"
 
     @property
+    def online(self) -> bool:
+        """Whether the device is there (not unplugged, not waited for)."""
+        return self._online
+
+    @property
     def holder(self) -> Holder | None:
         return self._holder_info
 

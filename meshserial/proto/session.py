@@ -9,15 +9,21 @@ after the handshake; the server answers each request once:
 ``hello``             C → S      ``v`` protocol version (1), ``port`` port name, ``mode`` ``rw``/``ro``,
                                  ``session`` (hex id to resume, or null), ``rx``/``tx`` stream offsets
                                  acknowledged so far (0 for a new session), ``takeover`` (bool),
-                                 ``scrollback`` seconds of recent device output to replay first
+                                 ``scrollback`` seconds of recent device output to replay first,
+                                 ``features`` what the client understands beyond this table (a list
+                                 of words, at most 16; today ``device``; optional)
 ``redeem``            C → S      ``invite`` invite id (hex), ``proof`` (hex, see docs/security.md),
                                  ``name`` the name the client suggests for itself, e.g. its host name
                                  (optional, may be null; the server cleans it, prefers a name set with
                                  ``invite --name`` and makes it unique; older servers ignore it)
 ``accept``            S → C      ``port``, ``mode``, ``session`` (hex id), ``rx``/``tx`` offsets the server
                                  resumes from, ``lost`` bytes the client can no longer get,
-                                 ``holder``: who holds the port if it is not us (or null)
-``deny``              S → C      ``reason`` (one human line); the server closes after it
+                                 ``holder``: who holds the port if it is not us (or null),
+                                 ``device``: whether the device is there now (optional, default true)
+``deny``              S → C      ``reason`` (one human line); the server closes after it. Also sent
+                                 when the server ends a running session (revoked, expired, replaced)
+``device``            S → C      ``present`` (bool): the device was unplugged or is back; only to a
+                                 client whose ``hello`` listed the ``device`` feature
 ``paired``            S → C      ``ports`` (the rights granted by the invite)
 ``ack``               both       ``offset``: bytes of the peer's stream received so far
 ``goaway``            S → C      ``reason``; the server is stopping and CLOSE follows: reconnect later
@@ -50,6 +56,7 @@ class Hello:
     tx: int = 0
     takeover: bool = False
     scrollback: float = 0.0
+    features: tuple[str, ...] = ()
     v: int = VERSION
 
 
@@ -69,6 +76,7 @@ class Accept:
     tx: int = 0
     lost: int = 0
     holder: str | None = None
+    device: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,7 +101,18 @@ class GoAway:
     reason: str
 
 
-Message = Hello | Redeem | Accept | Deny | Paired | Ack | GoAway
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceState:
+    """The shared device went away (unplugged) or came back."""
+
+    present: bool
+
+
+#: The features a client may list in ``hello``.
+DEVICE_FEATURE = "device"
+MAX_FEATURES = 16
+
+Message = Hello | Redeem | Accept | Deny | Paired | Ack | GoAway | DeviceState
 
 _TYPES: dict[str, type[Message]] = {
     "hello": Hello,
@@ -103,6 +122,7 @@ _TYPES: dict[str, type[Message]] = {
     "paired": Paired,
     "ack": Ack,
     "goaway": GoAway,
+    "device": DeviceState,
 }
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
@@ -153,6 +173,7 @@ def decode(data: bytes) -> Message:
                 tx=_offset(_field(obj, "tx", int, 0)),
                 takeover=_field(obj, "takeover", bool, False),
                 scrollback=_seconds(_field(obj, "scrollback", (int, float), 0.0)),
+                features=_features(_field(obj, "features", list, [])),
                 v=_field(obj, "v", int, VERSION),
             )
         case "redeem":
@@ -170,6 +191,7 @@ def decode(data: bytes) -> Message:
                 tx=_offset(_field(obj, "tx", int, 0)),
                 holder=_field(obj, "holder", (str, type(None)), None),
                 lost=_offset(_field(obj, "lost", int, 0)),
+                device=_field(obj, "device", bool, True),
             )
         case "deny":
             msg = Deny(reason=_field(obj, "reason", str)[:300])
@@ -177,9 +199,17 @@ def decode(data: bytes) -> Message:
             msg = Paired(ports=_field(obj, "ports", str))
         case "goaway":
             msg = GoAway(reason=_field(obj, "reason", str)[:300])
+        case "device":
+            msg = DeviceState(present=_field(obj, "present", bool))
         case _:
             msg = Ack(offset=_offset(_field(obj, "offset", int)))
     return msg
+
+
+def _features(value: list[Any]) -> tuple[str, ...]:
+    if len(value) > MAX_FEATURES or not all(isinstance(x, str) and 0 < len(x) <= 32 for x in value):
+        raise ProtocolError("hello with malformed features")
+    return tuple(value)
 
 
 def _seconds(value: float) -> float:

@@ -53,3 +53,44 @@ def test_debug_in_either_position_shows_the_traceback(
     assert result.returncode == 4, result.stderr
     assert "Traceback (most recent call last):" in result.stderr, result.stderr
     assert result.stderr.rstrip("\n").splitlines()[-1].startswith("meshserial: error: no port named")
+
+
+@pytest.mark.interop
+def test_line_events_are_logged_at_verbose_on_both_sides(tmp_path: Path) -> None:
+    """A pyserial client drives baud, framing, DTR, RTS, BREAK and purges through the gateway of
+    `use --listen` to `share`; both log each event at -v, and the loopback plug's modem lines too."""
+    import serial
+
+    env = private_home(tmp_path, "both")
+    plain, local = free_tcp_port(), free_tcp_port()
+    share = meshserial(
+        "-v", "share", "sim:echo=loop", "--rfc2217", f"127.0.0.1:{plain}", "--no-mdns", env=env
+    )
+    gateway = meshserial(
+        "use", f"rfc2217://127.0.0.1:{plain}", "--listen", f"127.0.0.1:{local}", "-v", env=env
+    )
+    try:
+        share.wait_line("sharing loop on rfc2217://")
+        gateway.wait_line(r"rfc2217://127\.0\.0\.1:\d+")
+        ser = serial.serial_for_url(f"rfc2217://127.0.0.1:{local}", baudrate=9600, timeout=2)
+        try:
+            ser.baudrate = 57600
+            ser.dtr = False
+            ser.rts = False
+            ser.send_break(0.05)
+            ser.reset_input_buffer()
+        finally:
+            ser.close()
+        for proc in (share, gateway):
+            for line in (
+                r"baud 57600",
+                r"DTR off",
+                r"RTS off",
+                r"BREAK on",
+                r"purge",
+                r"modem lines CTS off, DSR off, RI off, CD off",
+            ):
+                proc.wait_line(line, stderr=True, timeout=10)
+    finally:
+        gateway.stop()
+        share.stop()

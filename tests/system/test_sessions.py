@@ -108,3 +108,57 @@ def test_a_lost_connection_is_said_once(site: Site) -> None:
     assert client.wait(timeout=15) != 0
     error = [line for line in client.stderr.splitlines() if "error" in line]
     assert len(error) == 1 and error[0].count("lost") == 1, client.stderr
+
+
+def _repoint(link: Path, target: str) -> None:
+    tmp = link.with_name(link.name + ".new")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def _state_in_list(env: dict[str, str]) -> str:
+    import json
+
+    from tests.helpers import run_meshserial
+
+    result = run_meshserial("list", "--interface", "lo", "--json", "--timeout", "2", env=env)
+    assert result.returncode == 0, result.stderr
+    entries = [e for e in json.loads(result.stdout) if e["name"] == "gps"]
+    assert len(entries) == 1, result.stdout
+    return str(entries[0]["state"])
+
+
+def test_device_state_reaches_list_and_use(tmp_path: Path) -> None:
+    symlink = tmp_path / "ttyGPS"  # not there yet: share --wait waits for it
+    env = private_home(tmp_path, "server")
+    ok("keygen", env=env)
+    client = private_home(tmp_path, "client")
+    ok("authorize", ok("keygen", env=client), env=env)
+    port = free_tcp_port()
+    share = meshserial("share", f"{symlink}=gps", "--wait", "--listen", f"127.0.0.1:{port}", env=env)
+    first: DevicePty | None = None
+    second: DevicePty | None = None
+    use: Proc | None = None
+    try:
+        share.wait_line(rf"{symlink} is not there yet; waiting for it", stderr=True)  # without -v
+        share.wait_line("advertising gps")
+        assert _state_in_list(client) == "offline"
+        first = DevicePty()
+        _repoint(symlink, first.path)
+        use = meshserial("use", f"gps@127.0.0.1:{port}", "--pty", "--trust-new", env=client)
+        use.wait_line(r"/dev/pts/\d+")
+        assert _state_in_list(client) == "in-use"
+        first.close()  # unplugged
+        use.wait_line("device unplugged on the server", stderr=True)
+        second = DevicePty()
+        _repoint(symlink, second.path)
+        use.wait_line("device back on the server", stderr=True)
+        assert use.proc.poll() is None
+    finally:
+        if use is not None:
+            assert use.stop() == 0, use.stderr
+        assert share.stop() == 0, share.stderr
+        for dev in (first, second):
+            if dev is not None:
+                dev.close()

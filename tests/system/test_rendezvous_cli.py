@@ -51,7 +51,9 @@ def exchange(link: Path, device: DevicePty) -> None:
         os.close(app)
 
 
-def test_loopback_register_list_use_restart_withdraw(tmp_path: Path, device: DevicePty) -> None:
+def test_loopback_register_list_use_restart_withdraw(
+    tmp_path: Path, device: DevicePty, request: pytest.FixtureRequest
+) -> None:
     rdv_env, server_env, client_env = (
         private_home(tmp_path, "rdv"),
         private_home(tmp_path, "server"),
@@ -60,6 +62,8 @@ def test_loopback_register_list_use_restart_withdraw(tmp_path: Path, device: Dev
     rdv_port, port = free_tcp_port(), free_tcp_port()
     db = tmp_path / "rdv.sqlite3"
     rdv = meshserial("rendezvous", "--listen", f"127.0.0.1:{rdv_port}", "--db", str(db), env=rdv_env)
+    started = [rdv]
+    request.addfinalizer(lambda: [proc.stop() for proc in started])  # whatever happens below
     url = rdv.wait_line(r"rendezvous listening on (http://127\.0\.0\.1:\d+)").group(1)
     client_id = ok("keygen", env=client_env).strip()
     ok("authorize", client_id, env=server_env)
@@ -103,6 +107,7 @@ def test_loopback_register_list_use_restart_withdraw(tmp_path: Path, device: Dev
         # Records survive a restart of the service (same database, same address).
         assert rdv.stop() == 0, rdv.stderr
         rdv = meshserial("rendezvous", "--listen", f"127.0.0.1:{rdv_port}", "--db", str(db), env=rdv_env)
+        started.append(rdv)
         rdv.wait_line("rendezvous listening on")
         assert [e["id"] for e in listed(url, client_env)] == [server_id]
     finally:

@@ -24,6 +24,7 @@ class Site:
         ok("keygen", env=self.env)
         self.port = free_tcp_port()
         self.server = _share(self.env, device, self.port)
+        self.clients: list[Proc] = []  # stopped at the end whatever a test left running
 
     def client(self, name: str, *authorize: str) -> dict[str, str]:
         env = private_home(self.tmp_path, name)
@@ -32,7 +33,9 @@ class Site:
         return env
 
     def use(self, env: dict[str, str], link: str, *extra: str) -> Proc:
-        return _use_pty(env, self.port, self.tmp_path / link, *extra)
+        proc = _use_pty(env, self.port, self.tmp_path / link, *extra)
+        self.clients.append(proc)
+        return proc
 
 
 @pytest.fixture
@@ -41,6 +44,8 @@ def site(tmp_path: Path, device: DevicePty) -> Iterator[Site]:
     try:
         yield s
     finally:
+        for client in s.clients:
+            client.stop()
         s.server.stop()
 
 
@@ -52,7 +57,11 @@ def test_a_crashed_client_takes_its_own_port_back_at_once(site: Site) -> None:
     site.server.wait_line(r"desk .* lost its connection to gps", stderr=True)
     # Another client is told who holds the port and how to take it over.
     other = meshserial("use", f"gps@127.0.0.1:{site.port}", "--pty", env=laptop)
-    assert other.wait(timeout=20) == 6
+    try:
+        code = other.wait(timeout=20)
+    finally:
+        other.stop()  # one that got in (the rule broken) must not outlive the test
+    assert code == 6
     assert "held by desk" in other.stderr and "--takeover" in other.stderr, other.stderr
     # The same identity just starts again: its old session is replaced at once.
     again = site.use(desk, "tty2")

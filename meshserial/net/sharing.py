@@ -3,7 +3,8 @@
 Policy: at most one read-write session (the *holder*) at a time; any number of read-only watchers. Every
 session receives the device's output; only the holder's data and settings reach the device. A read-only
 session's set-commands are answered with the values in use and never applied, so a client that insists
-sees immediately that nothing changed.
+sees immediately that nothing changed. What each RFC 2217 request does to the port, and what it is
+answered, is decided in :mod:`meshserial.proto.portcontrol`; :meth:`SharedPort.request` carries it out.
 
 Back-pressure: when the holder's connection cannot keep up, the device is paused (the UART or kernel flow
 control then acts, as with a slow local reader), so what the server holds for the holder stays near the
@@ -22,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from meshserial.errors import PortError, Refused
 from meshserial.ports.base import (
@@ -32,8 +33,19 @@ from meshserial.ports.base import (
     Port,
     PortEvent,
 )
-from meshserial.proto.rfc2217 import Command, Control, Purge
-from meshserial.proto.settings import FlowControl, ModemState, Parity, SerialSettings, StopBits
+from meshserial.proto.portcontrol import (
+    Action,
+    Configure,
+    NoChange,
+    NotCarried,
+    PortState,
+    PurgeData,
+    SetLines,
+    describe_request,
+    plan_request,
+)
+from meshserial.proto.rfc2217 import Command
+from meshserial.proto.settings import ModemState, SerialSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,41 +54,6 @@ log = logging.getLogger(__name__)
 #: socket's send buffer.
 SESSION_HOLD_LIMIT = 4 * 1024 * 1024
 SCROLLBACK_BYTES = 64 * 1024
-
-
-_CONTROL_WORDS: dict[int, str] = {
-    Control.FLOW_NONE: "flow control none",
-    Control.FLOW_XONXOFF: "flow control XON/XOFF",
-    Control.FLOW_HARDWARE: "flow control RTS/CTS",
-    Control.BREAK_ON: "BREAK on",
-    Control.BREAK_OFF: "BREAK off",
-    Control.DTR_ON: "DTR on",
-    Control.DTR_OFF: "DTR off",
-    Control.RTS_ON: "RTS on",
-    Control.RTS_OFF: "RTS off",
-}
-_PURGE_WORDS: dict[int, str] = {
-    Purge.RX: "purge received data",
-    Purge.TX: "purge data to send",
-    Purge.BOTH: "purge both ways",
-}
-_SETTING_WORDS = {
-    Command.SET_BAUDRATE: "baud",
-    Command.SET_DATASIZE: "data bits",
-    Command.SET_PARITY: "parity",
-    Command.SET_STOPSIZE: "stop bits",
-}
-
-
-def describe_request(command: Command, value: int) -> str | None:
-    """A change an RFC 2217 request asks for, in words; ``None`` for queries and anything else."""
-    if command in _SETTING_WORDS and value:
-        return f"{_SETTING_WORDS[command]} {value}"
-    if command is Command.SET_CONTROL:
-        return _CONTROL_WORDS.get(value)
-    if command is Command.PURGE_DATA:
-        return _PURGE_WORDS.get(value)
-    return None
 
 
 class Mode(enum.Enum):
@@ -129,7 +106,7 @@ class SharedPort:
         self._scrollback_size = 0
         self._scrollback_limit = scrollback
         # Echo a request the hardware cannot honour instead of the value really in use: pyserial
-        # treats any other ack as fatal (see docs/protocol.md, part 1).
+        # treats any other ack as fatal (the rule: meshserial.proto.portcontrol; docs/protocol.md).
         self._compat_echo = compat_echo
         self._sessions: dict[Session, Mode] = {}
         self._holder: Session | None = None
@@ -266,145 +243,58 @@ class SharedPort:
     def request(self, session: Session, command: Command, value: int) -> int:
         """Apply one RFC 2217 request from ``session``; return the value for the acknowledgement.
 
+        What a request does and how it is answered (watchers, queries, the compatibility echo) is
+        decided by :func:`~meshserial.proto.portcontrol.plan_request`; here the plan is carried out.
         Every change the holder asks for is logged at INFO (``-v``): line settings, DTR, RTS, BREAK,
         flow control and purges, with what the device really uses when it differs.
         """
-        answer = self._request(session, command, value)
-        if session is self._holder and (what := describe_request(command, value)) is not None:
-            used = "" if answer == value else f" (answered {answer})"
-            log.info("%s: %s: %s%s", self.name, session.label, what, used)
+        port = self.port
+        writable = session is self._holder
+        dtr, rts, brk = port.control
+        state = PortState(
+            settings=port.settings, dtr=dtr, rts=rts, break_=brk, capabilities=port.capabilities
+        )
+        plan = plan_request(command, value, writable=writable, port=state, compat_echo=self._compat_echo)
+        used = self._apply(plan.action, value)
+        answer = plan.answer(used)
+        if (in_use := plan.unmet(used)) is not None:
+            log.warning(
+                "%s: asked for %d, the device uses %d; acknowledged %s",
+                self.name,
+                value,
+                in_use,
+                "as asked" if self._compat_echo else "with the value in use",
+            )
+        if writable and (what := describe_request(command, value)) is not None:
+            answered = "" if answer == value else f" (answered {answer})"
+            log.info("%s: %s: %s%s", self.name, session.label, what, answered)
         return answer
 
-    def _request(self, session: Session, command: Command, value: int) -> int:
-        writable = session is self._holder
-        caps = self.port.capabilities
-        current = self.port.settings
-        match command:
-            # The one rule for a setting the device cannot apply (a PTY's data bits, a baud rate the
-            # UART lacks, a port without parity): acknowledge the value asked for, and log that it is
-            # not in use. RFC 2217 would have us answer with the value in use, but pyserial (and so
-            # esptool, miniterm…) treats any other answer as a fatal "remote rejected value", where a
-            # real local port would simply have accepted the request. Both roles (share and the
-            # gateway of use --listen) answer alike; docs/protocol.md states the rule.
-            case Command.SET_BAUDRATE:
-                if value and writable:
-                    used = self._configure(current.with_changes(baudrate=value), "baud", value, caps.baudrate)
-                    return self._answer(value, used.baudrate)
-                return current.baudrate
-            case Command.SET_DATASIZE:
-                if value and writable:
-                    if value not in (5, 6, 7, 8):
-                        return current.bytesize if not self._compat_echo else value
-                    used = self._configure(
-                        current.with_changes(bytesize=value), "data bits", value, caps.bytesize
-                    )
-                    return self._answer(value, used.bytesize)
-                return current.bytesize
-            case Command.SET_PARITY:
-                if value and writable:
-                    try:
-                        parity = Parity(value)
-                    except ValueError:
-                        return value if self._compat_echo else int(current.parity)
-                    used = self._configure(current.with_changes(parity=parity), "parity", value, caps.parity)
-                    return self._answer(value, int(used.parity))
-                return int(current.parity)
-            case Command.SET_STOPSIZE:
-                if value and writable:
-                    try:
-                        stop = StopBits(value)
-                    except ValueError:
-                        return value if self._compat_echo else int(current.stopbits)
-                    used = self._configure(
-                        current.with_changes(stopbits=stop), "stop bits", value, caps.stopbits
-                    )
-                    return self._answer(value, int(used.stopbits))
-                return int(current.stopbits)
-            case Command.SET_CONTROL:
-                return self._control(value, writable)
-            case Command.PURGE_DATA:
-                if writable and value in (Purge.RX, Purge.TX, Purge.BOTH):
-                    self.port.purge(rx=bool(value & Purge.RX), tx=bool(value & Purge.TX))
-                return value
-            case _:
-                return value
-
-    def _answer(self, asked: int, used: int) -> int:
-        """The acknowledgement of a setting: what was asked for (see the rule in :meth:`_request`)."""
-        if used != asked:
-            log.warning("%s: asked for %d, the device uses %d; acknowledged as asked", self.name, asked, used)
-        return asked if self._compat_echo else used
-
-    def _configure(self, wanted: SerialSettings, what: str, value: int, capable: bool) -> SerialSettings:
-        if not capable:
-            log.info("%s cannot carry %s; acknowledging %s without applying it", self.name, what, value)
-            return self.port.settings
-        try:
-            return self.port.configure(wanted)
-        except (PortError, ValueError) as exc:
-            log.warning("%s: cannot set %s to %s: %s", self.name, what, value, exc)
-            return self.port.settings
-
-    def _control(self, value: int, writable: bool) -> int:
+    def _apply(self, action: Action, value: int) -> SerialSettings:
+        """Carry out ``action`` (asked for with ``value``); return the settings in use afterwards."""
         port = self.port
-        dtr, rts, brk = port.control
-        flow = port.settings.flow
-        flow_value = {
-            FlowControl.NONE: Control.FLOW_NONE,
-            FlowControl.XONXOFF: Control.FLOW_XONXOFF,
-            FlowControl.RTSCTS: Control.FLOW_HARDWARE,
-        }[flow]
-        inflow_value = {
-            FlowControl.NONE: Control.INFLOW_NONE,
-            FlowControl.XONXOFF: Control.INFLOW_XONXOFF,
-            FlowControl.RTSCTS: Control.INFLOW_HARDWARE,
-        }[flow]
-        if value in (Control.FLOW_NONE, Control.FLOW_XONXOFF, Control.FLOW_HARDWARE) and writable:
-            wanted = {
-                Control.FLOW_NONE: FlowControl.NONE,
-                Control.FLOW_XONXOFF: FlowControl.XONXOFF,
-                Control.FLOW_HARDWARE: FlowControl.RTSCTS,
-            }[Control(value)]
-            used = self._configure(
-                port.settings.with_changes(flow=wanted), "flow control", value, port.capabilities.flow
-            )
-            return (
-                value
-                if self._compat_echo
-                else {FlowControl.NONE: 1, FlowControl.XONXOFF: 2, FlowControl.RTSCTS: 3}[used.flow]
-            )
-        if value in (Control.BREAK_ON, Control.BREAK_OFF) and writable:
-            port.set_control(break_=value == Control.BREAK_ON)
-            return value
-        if value in (Control.DTR_ON, Control.DTR_OFF) and writable:
-            port.set_control(dtr=value == Control.DTR_ON)
-            return value
-        if value in (Control.RTS_ON, Control.RTS_OFF) and writable:
-            port.set_control(rts=value == Control.RTS_ON)
-            return value
-        match value:
-            case Control.FLOW_QUERY:
-                return int(flow_value)
-            case Control.BREAK_QUERY:
-                return int(Control.BREAK_ON if brk else Control.BREAK_OFF)
-            case Control.DTR_QUERY:
-                return int(Control.DTR_ON if dtr else Control.DTR_OFF)
-            case Control.RTS_QUERY:
-                return int(Control.RTS_ON if rts else Control.RTS_OFF)
-            case Control.INFLOW_QUERY:
-                return int(inflow_value)
-        if not writable:
-            # A watcher asked to change a line: answer with what is in use.
-            if value in (Control.FLOW_NONE, Control.FLOW_XONXOFF, Control.FLOW_HARDWARE):
-                return int(flow_value)
-            if value in (Control.BREAK_ON, Control.BREAK_OFF):
-                return int(Control.BREAK_ON if brk else Control.BREAK_OFF)
-            if value in (Control.DTR_ON, Control.DTR_OFF):
-                return int(Control.DTR_ON if dtr else Control.DTR_OFF)
-            if value in (Control.RTS_ON, Control.RTS_OFF):
-                return int(Control.RTS_ON if rts else Control.RTS_OFF)
-        # Inbound flow settings and DCD/DSR/DTR flow: not separately configurable here; echo.
-        return value
+        match action:
+            case NoChange():
+                pass
+            case Configure(settings=wanted, setting=setting):
+                try:
+                    return port.configure(wanted)
+                except (PortError, ValueError) as exc:
+                    log.warning("%s: cannot set %s to %s: %s", self.name, setting.value, value, exc)
+            case NotCarried(setting=setting):
+                log.info(
+                    "%s cannot carry %s; acknowledging %s without applying it",
+                    self.name,
+                    setting.value,
+                    value,
+                )
+            case SetLines(dtr=dtr, rts=rts, break_=brk):
+                port.set_control(dtr=dtr, rts=rts, break_=brk)
+            case PurgeData(rx=rx, tx=tx):
+                port.purge(rx=rx, tx=tx)
+            case _:
+                assert_never(action)
+        return port.settings
 
     def modem_state(self) -> ModemState | None:
         return self.port.modem_state()

@@ -172,3 +172,71 @@ class Port(abc.ABC):
         """Whether the device is there now (a started device waiting for its path says no); changes
         later arrive as :class:`PeerClosed` / :class:`PeerOpened`."""
         return True
+
+
+# --- bookkeeping the local ports share -------------------------------------------------------------
+
+
+class RemembersControl:
+    """:meth:`Port.set_control` and :attr:`Port.control` for a port that keeps its output lines itself.
+
+    Mixed in before :class:`Port`. ``set_control`` merges the lines given into ``_control`` (``None``
+    keeps a line as it is), then calls :meth:`_control_changed`, where a port drives its hardware. A
+    port without modem lines or BREAK (a PTY) still remembers them, so the lines read back as set, as
+    the ``Port`` contract asks.
+    """
+
+    _control: tuple[bool, bool, bool]  # (dtr, rts, break), set by the port's constructor
+
+    def set_control(
+        self, *, dtr: bool | None = None, rts: bool | None = None, break_: bool | None = None
+    ) -> None:
+        before = self._control
+        self._control = (
+            before[0] if dtr is None else dtr,
+            before[1] if rts is None else rts,
+            before[2] if break_ is None else break_,
+        )
+        self._control_changed(before, dtr=dtr, rts=rts, break_=break_)
+
+    def _control_changed(
+        self, before: tuple[bool, bool, bool], *, dtr: bool | None, rts: bool | None, break_: bool | None
+    ) -> None:
+        """Act on a :meth:`set_control` call: ``before`` is what the lines were, the arguments are
+        as given (``None``: not asked for). Nothing by default."""
+
+    @property
+    def control(self) -> tuple[bool, bool, bool]:
+        return self._control
+
+
+class WriterFlow:
+    """When a port's listener must stop and may resume writing, from the size of the port's queue.
+
+    The port calls :meth:`update` whenever its queue of bytes towards the device grew or shrank. Above
+    ``high`` the listener is told ``port_pause_writing``, and once the queue is back at or below
+    ``low``, ``port_resume_writing``; each once per crossing. The gap between the two marks keeps a
+    queue hovering around one mark from flapping. With no listener yet there is nobody to tell and
+    nothing is remembered.
+    """
+
+    __slots__ = ("_high", "_low", "listener", "paused")
+
+    def __init__(self, *, high: int = WRITE_HIGH_WATER, low: int = WRITE_LOW_WATER) -> None:
+        self._high = high
+        self._low = low
+        self.listener: PortListener | None = None
+        self.paused = False
+
+    def update(self, size: int) -> None:
+        """The queue now holds ``size`` bytes."""
+        listener = self.listener
+        if listener is None:
+            return
+        if not self.paused:
+            if size > self._high:
+                self.paused = True
+                listener.port_pause_writing()
+        elif size <= self._low:
+            self.paused = False
+            listener.port_resume_writing()

@@ -15,11 +15,13 @@ Theory of operation:
     it with the last requested settings and control lines, then emits :class:`PeerOpened`. A device
     constructed with ``wait=True`` starts in ``ABSENT`` when the path does not exist yet.
 
-* Modem status lines are polled with ``TIOCMGET`` every 100 ms, only if the driver supports it (a PTY
-  answers ``ENOTTY``: reference P10; then ``capabilities.modem_lines`` is False and ``modem_state()`` is
-  ``None``).
-* Settings a device refuses are not fatal: ``configure`` returns what termios says is really in use. On a
-  PTY standing in for a device, changing only data bits or parity fails with ``EINVAL`` (reference P3).
+* Modem status lines are polled with ``TIOCMGET`` every 100 ms, only if the driver supports it. A PTY
+  has no modem lines at all (every modem-control ioctl on it fails with ``ENOTTY``); then
+  ``capabilities.modem_lines`` is False and ``modem_state()`` is ``None``.
+* Settings a device refuses are not fatal: ``configure`` returns what termios says is really in use. A
+  PTY standing in for a device is the usual case: the kernel keeps a PTY at 8 data bits without parity,
+  and glibc (Debian's, for one) reads the termios back after ``tcsetattr`` and reports a call that
+  changed only data bits or parity as ``EINVAL`` (with a speed change in the same call it succeeds).
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ from meshserial.ports.base import (
     PeerOpened,
     Port,
     PortListener,
+    RemembersControl,
+    WriterFlow,
 )
 from meshserial.ports.fdio import FdReader, FdWriter
-from meshserial.proto.settings import FlowControl, ModemState, SerialSettings
+from meshserial.proto.settings import FlowControl, ModemState, SerialSettings, modem_delta
 
 log = logging.getLogger(__name__)
 
@@ -75,25 +79,6 @@ class DeviceState(enum.Enum):
     PRESENT = "present"
     ABSENT = "absent"
     CLOSED = "closed"
-
-
-def modem_delta(old: ModemState | None, new: ModemState) -> ModemState | None:
-    """``new`` with the RFC 2217 delta bits against ``old``, or ``None`` when no line changed."""
-    if old is not None and old == new:
-        return None
-    if old is None:
-        return new
-    delta = ModemState(0)
-    changed = old ^ new
-    if changed & ModemState.CTS:
-        delta |= ModemState.DELTA_CTS
-    if changed & ModemState.DSR:
-        delta |= ModemState.DELTA_DSR
-    if changed & ModemState.CD:
-        delta |= ModemState.DELTA_CD
-    if old & ModemState.RI and not new & ModemState.RI:
-        delta |= ModemState.TRAILING_EDGE_RI
-    return new | delta
 
 
 def translate_open_error(path: str, exc: BaseException) -> PortError:
@@ -124,7 +109,7 @@ def _pyserial_kwargs(settings: SerialSettings) -> dict[str, Any]:
     }
 
 
-class SerialDevice(Port):
+class SerialDevice(RemembersControl, Port):
     """A local UART (or anything pyserial can open by path), with hot-plug recovery."""
 
     def __init__(
@@ -148,10 +133,9 @@ class SerialDevice(Port):
         self._modem_supported = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._in = FdReader(self._on_readable)
+        self._flow = WriterFlow()
         self._out = FdWriter(
-            on_pause=self._pause_writer,
-            on_resume=self._resume_writer,
-            on_error=lambda exc: self._lost(f"write failed: {exc.strerror}"),
+            flow=self._flow, on_error=lambda exc: self._lost(f"write failed: {exc.strerror}")
         )
         self._refused: set[str] = set()
 
@@ -174,13 +158,13 @@ class SerialDevice(Port):
         except PortNotFound:
             if not self._wait:
                 raise
-            self._listener = listener
+            self._listener = self._flow.listener = listener
             self._state = DeviceState.ABSENT
             # Said without -v: a share that serves nothing yet must not look like a hang.
             log.warning("%s is not there yet; waiting for it to appear", self._path)
             self._timer("reopen", REOPEN_POLL_INTERVAL, self._on_reopen_timer)
             return
-        self._listener = listener
+        self._listener = self._flow.listener = listener
         self._state = DeviceState.PRESENT
         self._arm()
 
@@ -202,7 +186,8 @@ class SerialDevice(Port):
             try:
                 ser.open()
             except termios.error:
-                # A PTY refuses a data bits/parity-only change (reference P3): open 8N and report that.
+                # A PTY is always 8N: the kernel quietly keeps 8 data bits without parity, and glibc
+                # reports a tcsetattr that changed only those as EINVAL. Open as 8N and say so.
                 log.warning("%s refused %s; opening as 8N", self._path, self._requested.describe())
                 ser.bytesize, ser.parity = serial.EIGHTBITS, serial.PARITY_NONE
                 ser.open()
@@ -309,7 +294,8 @@ class SerialDevice(Port):
     def configure(self, settings: SerialSettings) -> SerialSettings:
         if self._state is DeviceState.CLOSED:
             raise PortClosed(f"{self.name} is closed")
-        # pyserial clients re-send everything often (reference §5.7): identical requests touch nothing.
+        # pyserial clients re-send every setting whenever their read timeout changes: identical
+        # requests must not touch (and so disturb) the UART.
         if settings == self._requested:
             return self._settings
         if settings == self._settings:
@@ -335,15 +321,10 @@ class SerialDevice(Port):
         self._settings = self._read_actual()
         return self._settings
 
-    def set_control(
-        self, *, dtr: bool | None = None, rts: bool | None = None, break_: bool | None = None
+    def _control_changed(
+        self, before: tuple[bool, bool, bool], *, dtr: bool | None, rts: bool | None, break_: bool | None
     ) -> None:
-        cur = self._control
-        self._control = (
-            cur[0] if dtr is None else dtr,
-            cur[1] if rts is None else rts,
-            cur[2] if break_ is None else break_,
-        )
+        # Absent, the lines are only remembered: _open() sets them when the device is back.
         if self._state is DeviceState.PRESENT:
             self._apply_control(dtr=dtr, rts=rts, break_=break_)
 
@@ -357,15 +338,12 @@ class SerialDevice(Port):
             try:
                 setattr(ser, attr, value)
             except (OSError, termios.error) as exc:
-                # A PTY has no modem lines (reference P10): expected, so stay quiet about it.
+                # A PTY has no modem lines (its modem-control ioctls fail with ENOTTY): expected, so
+                # stay quiet about it.
                 if getattr(exc, "errno", None) in NO_MODEM_ERRNOS:
                     log.debug("%s: %s not supported: %s", self._path, attr, exc)
                 else:
                     log.warning("%s: cannot set %s: %s", self._path, attr, exc)
-
-    @property
-    def control(self) -> tuple[bool, bool, bool]:
-        return self._control
 
     def modem_state(self) -> ModemState | None:
         return self._modem if self._modem_supported else None
@@ -440,14 +418,6 @@ class SerialDevice(Port):
 
     def resume_reading(self) -> None:
         self._in.resume(arm=self._state is DeviceState.PRESENT)
-
-    def _pause_writer(self) -> None:
-        if self._listener is not None:
-            self._listener.port_pause_writing()
-
-    def _resume_writer(self) -> None:
-        if self._listener is not None:
-            self._listener.port_resume_writing()
 
     def _on_readable(self) -> None:
         # A short read is interactive traffic and goes on at once. A full one means the driver holds

@@ -1,9 +1,10 @@
 """Non-blocking reading and writing of one file descriptor on the event loop.
 
 Shared by the ports that sit on a descriptor (serial devices, PTY masters): a writer that tries the
-write at once and buffers only what the kernel did not take, with high/low water marks for
-back-pressure; and a reader registration that can be paused and re-armed. The descriptor may change
-(a device unplugged and reopened); both follow ``fd``, and -1 means "absent".
+write at once and buffers only what the kernel did not take, reporting the size of that buffer to a
+:class:`~meshserial.ports.base.WriterFlow` for back-pressure; and a reader registration that can be
+paused and re-armed. The descriptor may change (a device unplugged and reopened); both follow ``fd``,
+and -1 means "absent".
 """
 
 from __future__ import annotations
@@ -12,25 +13,17 @@ import asyncio
 import os
 from collections.abc import Callable
 
-from meshserial.ports.base import WRITE_HIGH_WATER, WRITE_LOW_WATER
+from meshserial.ports.base import WriterFlow
 
 
 class FdWriter:
-    """Buffered non-blocking writes with pause/resume signalling."""
+    """Buffered non-blocking writes; ``flow`` tells the port's listener when to pause and resume."""
 
-    def __init__(
-        self,
-        *,
-        on_pause: Callable[[], None],
-        on_resume: Callable[[], None],
-        on_error: Callable[[OSError], None],
-    ) -> None:
-        self._on_pause = on_pause
-        self._on_resume = on_resume
+    def __init__(self, *, flow: WriterFlow, on_error: Callable[[OSError], None]) -> None:
+        self._flow = flow
         self._on_error = on_error
         self._buffer = bytearray()
         self._registered = False
-        self._paused = False
         self.fd = -1
 
     @property
@@ -54,15 +47,13 @@ class FdWriter:
             data = data[sent:]
         self._buffer += data
         self._register()
-        if not self._paused and len(self._buffer) > WRITE_HIGH_WATER:
-            self._paused = True
-            self._on_pause()
+        self._flow.update(len(self._buffer))
 
     def clear(self) -> None:
         """Drop what is buffered (a purge, or the descriptor is going away)."""
         self._buffer.clear()
         self._unregister()
-        self._maybe_resume()
+        self._flow.update(0)
 
     def detach(self) -> None:
         """The descriptor is about to be closed: stop watching it and drop the buffer."""
@@ -81,12 +72,7 @@ class FdWriter:
         del self._buffer[:sent]
         if not self._buffer:
             self._unregister()
-        self._maybe_resume()
-
-    def _maybe_resume(self) -> None:
-        if self._paused and len(self._buffer) <= WRITE_LOW_WATER:
-            self._paused = False
-            self._on_resume()
+        self._flow.update(len(self._buffer))
 
     def _register(self) -> None:
         if not self._registered and self.fd >= 0:

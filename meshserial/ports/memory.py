@@ -4,11 +4,11 @@ inject data and events."""
 from __future__ import annotations
 
 from meshserial.errors import PortClosed, PortError
-from meshserial.ports.base import Capabilities, Port, PortEvent, PortListener
+from meshserial.ports.base import Capabilities, Port, PortEvent, PortListener, RemembersControl, WriterFlow
 from meshserial.proto.settings import ModemState, SerialSettings
 
 
-class MemoryPort(Port):
+class MemoryPort(RemembersControl, Port):
     """Records writes, settings, control lines and purges; :meth:`feed` and :meth:`emit` drive the owner.
 
     Data fed while reading is paused is held back and delivered on :meth:`resume_reading`, so tests can
@@ -38,12 +38,14 @@ class MemoryPort(Port):
         self._control = (True, True, False)
         self._held = bytearray()
         self._buffered = 0
+        # Any byte waiting pauses the owner and an empty port resumes it: the tests choose the crossing.
+        self._flow = WriterFlow(high=0, low=0)
 
     async def start(self, listener: PortListener) -> None:
         if self.started:
             raise PortError(f"{self.name}: already started")
         self.started = True
-        self.listener = listener
+        self.listener = self._flow.listener = listener
 
     async def aclose(self) -> None:
         if self.closed:
@@ -74,12 +76,7 @@ class MemoryPort(Port):
     def set_buffered(self, size: int) -> None:
         """Pretend ``size`` bytes are waiting in the port, crossing the owner's pause/resume lines."""
         self._buffered = size
-        if self.listener is None:
-            return
-        if size:
-            self.listener.port_pause_writing()
-        else:
-            self.listener.port_resume_writing()
+        self._flow.update(size)
 
     def fail(self, exc: BaseException | None = None) -> None:
         """The port breaks for good (``port_closed(exc)``)."""
@@ -116,20 +113,10 @@ class MemoryPort(Port):
             self._settings = settings
         return self._settings
 
-    def set_control(
-        self, *, dtr: bool | None = None, rts: bool | None = None, break_: bool | None = None
+    def _control_changed(
+        self, before: tuple[bool, bool, bool], *, dtr: bool | None, rts: bool | None, break_: bool | None
     ) -> None:
         self.controls.append((dtr, rts, break_))
-        cur = self._control
-        self._control = (
-            cur[0] if dtr is None else dtr,
-            cur[1] if rts is None else rts,
-            cur[2] if break_ is None else break_,
-        )
-
-    @property
-    def control(self) -> tuple[bool, bool, bool]:
-        return self._control
 
     def modem_state(self) -> ModemState | None:
         return self.modem

@@ -1,26 +1,37 @@
 """The client-side virtual serial port: a Linux PTY whose slave the application opens.
 
-Theory of operation (reference ``rfc2217-and-pty.md`` §4.3; P-numbers are the verified facts of §4.1):
+Theory of operation:
 
-* ``start`` creates the pair, makes the slave raw (P16) with ``EXTPROC`` set (so every ``tcsetattr`` of
-  the application raises ``TIOCPKT_IOCTL`` on the master, P6), applies the initial baud, puts the master
-  in packet mode (P5) and **closes our slave fd**, so that application open/close becomes visible as
-  HUP on the master (P13/P14).
+* ``start`` creates the pair and makes the slave raw: a fresh PTY is cooked with ``ECHO`` on, which
+  would send device output straight back to the device. It sets ``EXTPROC`` in the slave's local
+  flags, because only then does *every* ``tcsetattr`` of the application (even one that changes
+  nothing) raise ``TIOCPKT_IOCTL`` on the master. It applies the initial baud, puts the master in
+  packet mode (each read of the master returns either a 0 byte followed by data, or one status byte in
+  which several events may be coalesced) and **closes our slave fd**: while no one has the slave open,
+  the master reports ``POLLHUP`` and reads fail with ``EIO``, so the application's open and close
+  become visible.
 * States, driven by the kernel:
 
-  - ``IDLE`` (no application): the master is *not* registered with the loop, because a HUP'd master is
-    always readable and would busy-loop (P14). A 100 ms timer polls for POLLHUP to clear. Bytes an
-    application wrote and closed before we noticed (``echo AT > /dev/pts/N``) and status bytes are still
-    drained here. Data written by the network is discarded, like a UART with nobody listening.
+  - ``IDLE`` (no application): the master is *not* registered with the loop, because a hung-up master
+    is always readable: ``add_reader`` would call us back in a busy loop. A 100 ms timer polls for
+    POLLHUP to clear. Bytes an application wrote and closed before we noticed (``echo AT >
+    /dev/pts/N``) and status bytes are still drained here. Data written by the network is discarded,
+    like a UART with nobody listening.
   - ``OPEN``: ``add_reader`` on the master. Packet byte 0 means data; anything else is a coalesced status
-    byte: ``IOCTL`` -> re-read termios (``tcgetattr`` on the master sees the slave, P1; ``TCGETS2`` for
-    custom rates, P4) and report baud/stop bits/flow if they changed; ``FLUSHREAD``/``FLUSHWRITE`` ->
-    :class:`PurgeRequested` (P8). ``EIO`` means the application closed -> ``PeerClosed``, back to IDLE.
-    A 1 s termios poll is the safety net for applications that clear ``EXTPROC`` (P6).
+    byte: ``IOCTL`` -> re-read termios (termios calls on a master act on its slave, so the master sees
+    the application's settings; ``TCGETS2`` gives custom rates, which ``tcgetattr`` only shows as
+    ``BOTHER``) and report baud/stop bits/flow if they changed; ``FLUSHREAD``/``FLUSHWRITE`` (the
+    application called ``tcflush``) -> :class:`PurgeRequested`. ``EIO`` means the application closed ->
+    ``PeerClosed``, back to IDLE. A 1 s termios poll is the safety net for applications that clear
+    ``EXTPROC`` (one that builds its local flags from zero, or runs ``stty sane``): from then on no
+    ``TIOCPKT_IOCTL`` arrives.
   - ``CLOSED`` after :meth:`PtyPort.aclose`.
 
-* Deliberately unsupported (the kernel hides them, §4.2): data bits and parity (P2/P3), modem lines
-  (P10), BREAK (P11), drain (P12). See :data:`PTY_LIMITATIONS`.
+* Deliberately unsupported, because the kernel keeps them from the master: data bits and parity (a PTY
+  is forced to 8 data bits without parity, whatever the application sets), modem lines (every
+  modem-control ioctl fails with ``ENOTTY``, on either end), BREAK (``tcsendbreak`` on a PTY succeeds
+  and does nothing; the master never hears of it), drain (``tcdrain`` returns at once, with data still
+  unread in the master). See :data:`PTY_LIMITATIONS`.
 * ``configure`` (settings from the remote device) rewrites only the slave's speed, so the application
   sees the real rate; the resulting ``TIOCPKT_IOCTL`` echo is absorbed by diffing against the termios
   we last observed, not against the remote settings.
@@ -47,7 +58,9 @@ from meshserial.ports.base import (
     Port,
     PortListener,
     PurgeRequested,
+    RemembersControl,
     SettingsChanged,
+    WriterFlow,
 )
 from meshserial.ports.fdio import FdReader, FdWriter
 from meshserial.proto.settings import ModemState, SerialSettings
@@ -63,7 +76,7 @@ PTY_LIMITATIONS = (
 
 CAPABILITIES = Capabilities(bytesize=False, parity=False, modem_lines=False, break_=False)
 
-# TIOCPKT status bits (reference P5); not all are exported by Python's termios module.
+# The status bits of a packet-mode (TIOCPKT) read; Python's termios module does not export them all.
 TIOCPKT_DATA = 0x00
 TIOCPKT_FLUSHREAD = 0x01
 TIOCPKT_FLUSHWRITE = 0x02
@@ -86,7 +99,7 @@ class PtyState(enum.Enum):
     CLOSED = "closed"
 
 
-class PtyPort(Port):
+class PtyPort(RemembersControl, Port):
     """A virtual serial port for local applications, backed by a PTY pair."""
 
     def __init__(
@@ -120,11 +133,11 @@ class PtyPort(Port):
         self._poller = select.poll()
         self._timer: asyncio.TimerHandle | None = None
         self._in = FdReader(self._on_readable)
+        self._flow = WriterFlow()
         self._out = FdWriter(
-            on_pause=self._pause_writer,
-            on_resume=self._resume_writer,
-            on_error=lambda exc: log.debug("%s: write failed: %s", self.name, exc),
+            flow=self._flow, on_error=lambda exc: log.debug("%s: write failed: %s", self.name, exc)
         )
+        # DTR, RTS and BREAK as last set, and only that: a PTY has none of these lines.
         self._control = (False, False, False)
         # What the application's termios looked like the last time we read it (baud, stop bits, flow).
         self._seen: tuple[object, ...] = ()
@@ -145,7 +158,7 @@ class PtyPort(Port):
         if self._state is not PtyState.NEW:
             raise PortError(f"{self.name}: already started")
         self._loop = asyncio.get_running_loop()
-        self._listener = listener
+        self._listener = self._flow.listener = listener
         gid = -1
         if self._group is not None:
             try:
@@ -169,7 +182,8 @@ class PtyPort(Port):
             os.close(master)
             os.close(slave)
             raise PortError(f"cannot set up the PTY: {exc}") from exc
-        # Closing our slave fd makes application open/close observable as HUP (P13, P14).
+        # With no slave fd of ours open, the master is hung up exactly while no application has the
+        # slave open: that is how we see an application open and close the port.
         os.close(slave)
         self._master = self._in.fd = self._out.fd = master
         self._poller.register(master, select.POLLIN | select.POLLPRI)
@@ -180,7 +194,8 @@ class PtyPort(Port):
             try:
                 self.create_link()
             except PortError:
-                self._listener = None  # start failed: the owner gets the exception, not port_closed
+                # Start failed: the owner gets the exception, not port_closed.
+                self._listener = self._flow.listener = None
                 await self.aclose()
                 raise
         log.info("virtual port %s ready (%s)", self._path, self._settings.describe())
@@ -284,29 +299,6 @@ class PtyPort(Port):
 
     def resume_reading(self) -> None:
         self._in.resume(arm=self._state is PtyState.OPEN)
-
-    def _pause_writer(self) -> None:
-        if self._listener is not None:
-            self._listener.port_pause_writing()
-
-    def _resume_writer(self) -> None:
-        if self._listener is not None:
-            self._listener.port_resume_writing()
-
-    def set_control(
-        self, *, dtr: bool | None = None, rts: bool | None = None, break_: bool | None = None
-    ) -> None:
-        # A PTY has no modem lines or BREAK (P10, P11): remember the request, nothing else.
-        cur = self._control
-        self._control = (
-            cur[0] if dtr is None else dtr,
-            cur[1] if rts is None else rts,
-            cur[2] if break_ is None else break_,
-        )
-
-    @property
-    def control(self) -> tuple[bool, bool, bool]:
-        return self._control
 
     def modem_state(self) -> ModemState | None:
         return None

@@ -35,15 +35,14 @@ from collections.abc import Callable
 
 from meshserial.errors import PortClosed, UsageError
 from meshserial.ports.base import (
-    WRITE_HIGH_WATER,
-    WRITE_LOW_WATER,
     Capabilities,
     ModemStateChanged,
     Port,
     PortListener,
+    RemembersControl,
+    WriterFlow,
 )
-from meshserial.ports.device import modem_delta
-from meshserial.proto.settings import ModemState, SerialSettings
+from meshserial.proto.settings import ModemState, SerialSettings, modem_delta
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ def nmea_fix(now: dt.datetime, step: int) -> bytes:
     return nmea_sentence(gga) + nmea_sentence(rmc)
 
 
-class SimulatedDevice(Port):
+class SimulatedDevice(RemembersControl, Port):
     """A device that lives in this process (``sim:echo`` or ``sim:nmea``)."""
 
     def __init__(self, kind: str, settings: SerialSettings = SerialSettings()) -> None:  # noqa: B008
@@ -120,7 +119,7 @@ class SimulatedDevice(Port):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._reading_paused = False
-        self._writing_paused = False
+        self._flow = WriterFlow()  # pauses the writer while too much written is not yet echoed
         self._pending = bytearray()  # echo: bytes to return; nmea: sentences not yet "on the wire"
         self._deliver: asyncio.Handle | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -133,7 +132,7 @@ class SimulatedDevice(Port):
         if self._loop is not None:
             raise UsageError(f"{self.name}: already started")
         self._loop = asyncio.get_running_loop()
-        self._listener = listener
+        self._listener = self._flow.listener = listener
         if self.kind == "nmea":
             self._emit_fix()
 
@@ -165,9 +164,7 @@ class SimulatedDevice(Port):
         if self._control[2]:
             return  # the transmitter is held at space during a break: these bytes never make it out
         self._pending += data
-        if not self._writing_paused and len(self._pending) > WRITE_HIGH_WATER and self._listener:
-            self._writing_paused = True
-            self._listener.port_pause_writing()
+        self._flow.update(len(self._pending))
         self._schedule_echo()
 
     def write_buffer_size(self) -> int:
@@ -191,9 +188,7 @@ class SimulatedDevice(Port):
             return
         chunk = bytes(self._pending[:ECHO_CHUNK])
         del self._pending[:ECHO_CHUNK]
-        if self._writing_paused and len(self._pending) <= WRITE_LOW_WATER and self._listener:
-            self._writing_paused = False
-            self._listener.port_resume_writing()
+        self._flow.update(len(self._pending))
         if self._listener is not None:
             self._listener.port_data(chunk)
         self._schedule_echo()
@@ -255,24 +250,17 @@ class SimulatedDevice(Port):
         self._settings = settings  # the new rate takes effect at the next pacing tick
         return settings
 
-    def set_control(
-        self, *, dtr: bool | None = None, rts: bool | None = None, break_: bool | None = None
+    def _control_changed(
+        self, before: tuple[bool, bool, bool], *, dtr: bool | None, rts: bool | None, break_: bool | None
     ) -> None:
-        before = self._lines()
-        cur = self._control
-        self._control = (
-            cur[0] if dtr is None else dtr,
-            cur[1] if rts is None else rts,
-            cur[2] if break_ is None else break_,
-        )
         # Before start nobody listens (the listener reads the starting lines from modem_state()); after
         # close nothing is reported any more, and like a real port a closed one does not complain.
         if self.kind != "echo" or self._loop is None or self._closed:
             return
-        if self._control[2] and not cur[2]:
+        if self._control[2] and not before[2]:
             self._pending += BREAK_BYTE
             self._schedule_echo()
-        delta = modem_delta(before, self._lines())
+        delta = modem_delta(self._lines(before), self._lines())
         if delta is None:
             return
         self._deltas |= delta & ~ModemState.lines()
@@ -286,15 +274,12 @@ class SimulatedDevice(Port):
         state, self._deltas = self._lines() | self._deltas, ModemState(0)
         self._listener.port_event(ModemStateChanged(state=state))
 
-    def _lines(self) -> ModemState:
+    def _lines(self, control: tuple[bool, bool, bool] | None = None) -> ModemState:
+        """The modem status lines for ``control`` (the output lines; by default as they are now)."""
         if self.kind != "echo":
             return NMEA_LINES
-        dtr, rts, _ = self._control
+        dtr, rts, _ = self._control if control is None else control
         return loopback_lines(dtr=dtr, rts=rts)
-
-    @property
-    def control(self) -> tuple[bool, bool, bool]:
-        return self._control
 
     def modem_state(self) -> ModemState | None:
         return self._lines()
@@ -304,6 +289,4 @@ class SimulatedDevice(Port):
         # The echo's buffer is both "to the device" and "from the device"; either purge empties it.
         if rx or (tx and self.kind == "echo"):
             self._pending.clear()
-            if self._writing_paused and self._listener is not None:
-                self._writing_paused = False
-                self._listener.port_resume_writing()
+            self._flow.update(0)

@@ -1,9 +1,10 @@
 """Linux termios helpers shared by the device and PTY backends.
 
 Reads the line settings that are really in force on a tty (including custom rates, which plain
-``tcgetattr`` reports only as ``BOTHER``; reference P4) and sets a baud rate through ``TCSETS2``.
-On a PTY master every termios ioctl is redirected to the slave (reference P1), so the same helpers
-read and write the application's view of a virtual port.
+``tcgetattr`` reports only as the speed code ``BOTHER``: the rate itself is in ``struct termios2``,
+read with ``TCGETS2``) and sets a baud rate through ``TCSETS2``. On a PTY master the kernel applies
+every termios ioctl to the slave, so the same helpers read and write the application's view of a
+virtual port.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 
 from meshserial.proto.settings import FlowControl, Parity, SerialSettings, StopBits
 
-# Not exported by Python's termios module (reference P6).
+# Not exported by Python's termios module. In a PTY slave's local flags it makes every tcsetattr of the
+# application raise TIOCPKT_IOCTL on the master (see pty.py).
 EXTPROC = 0o200000
 # asm-generic/termbits.h; TCGETS2/TCSETS2 carry ``struct termios2`` (44 bytes: four tcflag_t, c_line,
 # c_cc[19], c_ispeed at offset 36, c_ospeed at 40).
@@ -37,7 +39,8 @@ for _name in dir(termios):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LineView:
-    """What termios says about a tty; ``bytesize``/``parity`` are meaningless on a PTY (reference P2)."""
+    """What termios says about a tty; ``bytesize``/``parity`` are meaningless on a PTY (the kernel
+    forces a PTY to 8 data bits without parity, whatever the application asked for)."""
 
     baudrate: int
     bytesize: int
@@ -142,5 +145,6 @@ def make_raw(fd: int, *, extproc: bool) -> None:
 
 
 def set_packet_mode(master: int) -> None:
-    """Put a PTY master in ``TIOCPKT`` packet mode (reference P5)."""
+    """Put a PTY master in ``TIOCPKT`` packet mode: each read then returns a 0 byte and data, or one
+    status byte (flush, stop/start, termios changed), several events possibly coalesced in it."""
     fcntl.ioctl(master, termios.TIOCPKT, struct.pack("i", 1))

@@ -227,7 +227,8 @@ def _decode_byte(command: Command, value: bytes, events: list[Event]) -> int | N
 
 def _decode_baud(value: bytes, events: list[Event]) -> tuple[int | None, bool]:
     """(baud, was_cisco). Four bytes per RFC; longer acks (sredird sends 8) start with the rate; one
-    byte is a Cisco IOS code (ser2net S13)."""
+    byte is a Cisco IOS code: ser2net takes a SET-BAUDRATE with fewer than four value bytes for one, and
+    from then on acknowledges every baud rate of that session as a one-byte code too."""
     if len(value) >= 4:
         return int.from_bytes(value[:4], "big"), False
     if len(value) == 1 and value[0] in _CISCO_TO_BAUD:
@@ -290,7 +291,7 @@ class _Engine:
             case telnet.TelnetData(data=data):
                 events.append(Data(data=data))
             case telnet.TelnetCommand(code=code):
-                # RFC 854: BRK is "break or attention"; ser2net sends a BREAK on the line (S18).
+                # RFC 854: BRK is "break or attention"; ser2net answers it with a BREAK on the line.
                 # NOP is hub4com's keepalive; the rest make no sense on a serial link.
                 if code == telnet.BRK:
                     events.append(BreakReceived())

@@ -76,6 +76,39 @@ class ModemState(enum.IntFlag):
         )
 
 
+# Which delta bit reports a change of which line, either way (RFC 2217, NOTIFY-MODEMSTATE). RI is the
+# exception: only its trailing edge, the end of a ring, is reported (TRAILING-EDGE-RI), as a 16550's MSR does.
+_DELTA_OF_LINE = (
+    (ModemState.CTS, ModemState.DELTA_CTS),
+    (ModemState.DSR, ModemState.DELTA_DSR),
+    (ModemState.CD, ModemState.DELTA_CD),
+)
+
+
+def delta_bits(old: ModemState, new: ModemState) -> ModemState:
+    """The NOTIFY-MODEMSTATE delta bits for the modem lines going from ``old`` to ``new`` (only their line
+    bits count). The one place these bits are computed: the device poll, ``sim:echo`` and the RFC 2217
+    server engine all use it."""
+    changed = old ^ new
+    bits = ModemState(0)
+    for line, delta in _DELTA_OF_LINE:
+        if changed & line:
+            bits |= delta
+    if old & ModemState.RI and not new & ModemState.RI:
+        bits |= ModemState.TRAILING_EDGE_RI
+    return bits
+
+
+def modem_delta(old: ModemState | None, new: ModemState) -> ModemState | None:
+    """``new`` with the delta bits against ``old``; ``None`` when nothing changed. The first reading
+    (``old`` is ``None``) is ``new`` as it is: there is nothing to compare it with."""
+    if old is None:
+        return new
+    if old == new:
+        return None
+    return new | delta_bits(old, new)
+
+
 class LineState(enum.IntFlag):
     """UART line status register bits as carried by NOTIFY-LINESTATE."""
 

@@ -31,9 +31,10 @@ state, and a WONT/DONT for an option that is already off is never answered. Opti
 policy sets given to the constructor are refused (``DO x`` → ``WONT x``, ``WILL x`` → ``DONT x``)
 without keeping any state for them, so memory stays bounded whatever the peer offers.
 
-Deliberately unsupported: NVT CR/NUL translation (no serial peer does it, see the RFC 2217 reference
-§1.1), Telnet "Synch" / TCP urgent data, GA. One-byte commands are surfaced as :class:`TelnetCommand` and
-left to the layer above.
+Deliberately unsupported: NVT CR/NUL translation (RFC 854 wants a bare CR sent as ``CR NUL`` outside
+BINARY mode, but no serial peer does it: ser2net and pyserial pass CR and NUL through untouched and
+hub4com never strips a NUL, so translating would corrupt binary data), Telnet "Synch" / TCP urgent data,
+GA. One-byte commands are surfaced as :class:`TelnetCommand` and left to the layer above.
 """
 
 from __future__ import annotations

@@ -371,11 +371,10 @@ class SecureChannel:
             kind, body = recv.decrypt_split(data[HEADER_LEN:])
             if kind == _DATA_KIND and body:
                 return body
+            # Not a DATA record with a body: nothing for ``pending`` to collect (an empty DATA
+            # record is dropped), so the events are complete.
             events: list[ChannelEvent] = []
-            pending: list[bytes] = []
-            self._handle_record(kind, body, events, pending)
-            if pending:
-                _flush_data(pending, events)
+            self._handle_record(kind, body, events, [])
         except ProtocolError as error:
             self._fail(error)
             raise

@@ -813,3 +813,35 @@ def test_receive_fast_matches_receive_data() -> None:
         server.receive_fast(bytes(wire))
     with pytest.raises(ProtocolError):  # the first failure is terminal
         server.receive_fast(b"")
+
+
+def test_empty_data_record_is_tolerated_on_every_receive_path() -> None:
+    """An empty DATA record yields nothing whether it arrives whole (the data path), split (the
+    general loop), or through receive_fast, and the records around it still arrive."""
+    client, server = handshake()
+    client._send_record(RecordType.DATA)
+    assert server.receive_fast(client.data_to_send()) == []
+    client._send_record(RecordType.DATA)
+    assert [e for chunk in byte_by_byte(client.data_to_send()) for e in server.receive_data(chunk)] == []
+    client.send_data(b"a")
+    client._send_record(RecordType.DATA)
+    client.send_data(b"b")
+    assert server.receive_data(client.data_to_send()) == [DataReceived(data=b"ab")]
+
+
+def test_seal_data_before_any_record_takes_the_general_path() -> None:
+    """The first write after the handshake, several records long, finds no framing buffers yet (the
+    first record makes them): it goes record by record and still matches send_data byte for byte."""
+    fast, fast_peer = handshake(ephemerals=FIXED_EPHEMERALS)
+    general, _ = handshake(ephemerals=FIXED_EPHEMERALS)
+    payload = bytes(range(256)) * (3 * MAX_RECORD_BODY // 256) + b"tail"
+    wire = fast.seal_data(payload)
+    general.send_data(payload)
+    assert bytes(wire) == general.data_to_send()
+    assert len(frames(bytes(wire))) == 4
+    assert fast_peer.receive_data(wire) == [DataReceived(data=payload)]
+    # The buffers exist now, and the next run is sealed in one buffer, still the same bytes.
+    wire = fast.seal_data(payload)
+    general.send_data(payload)
+    assert bytes(wire) == general.data_to_send()
+    assert fast_peer.receive_data(wire) == [DataReceived(data=payload)]

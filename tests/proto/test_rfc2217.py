@@ -418,6 +418,17 @@ def test_server_withdrawn_com_port() -> None:
     assert server.data_to_send() == b"\xff\xfe\x2c"
 
 
+def test_server_com_port_withdrawn_on_our_side_only() -> None:
+    """DO then DONT COM-PORT-OPTION concerns our side of the option; the client's WILL still stands,
+    so the port stays in use and nothing is reported."""
+    server = active_server()
+    assert server.receive_data(DO_COM) == []
+    assert server.data_to_send() == b"\xff\xfb\x2c"
+    assert server.receive_data(b"\xff\xfe\x2c") == []
+    assert server.active
+    assert server.data_to_send() == b"\xff\xfc\x2c"
+
+
 @CHUNKERS
 def test_client_opening_against_ser2net(chunker: Chunker) -> None:
     client = ClientSide()

@@ -3,6 +3,10 @@
 Data goes to stdout, diagnostics to stderr. Every :class:`~meshserial.errors.MeshserialError` becomes
 one line and its exit code; a traceback only with ``--debug``.
 
+The event loop is uvloop's when uvloop is importable (``pip install 'meshserial[fast]'``), else asyncio's
+own; ``MESHSERIAL_LOOP=asyncio`` forces asyncio's, ``MESHSERIAL_LOOP=uvloop`` insists on uvloop. uvloop is
+imported only by commands that run a loop, so the others start no slower for it.
+
 Log messages and error lines often quote what a peer sent (a port or host name, a deny reason), so
 both go through :func:`~meshserial.proto.text.escape`: no control character or line break from the
 network reaches the terminal or a log file, and one record stays one line.
@@ -21,13 +25,13 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from meshserial import __version__
 from meshserial.cli import doctor, keys, rendezvous, share, use
 from meshserial.cli import list as list_
-from meshserial.errors import MeshserialError
+from meshserial.errors import MeshserialError, UsageError
 from meshserial.proto.text import escape
 
 log = logging.getLogger("meshserial")
@@ -231,12 +235,57 @@ async def _run_cancellable(coro: Coroutine[Any, Any, int], watchdog: _Watchdog) 
             loop.remove_signal_handler(sig)
 
 
+LOOP_ENV = "MESHSERIAL_LOOP"
+LOOP_CHOICES = ("auto", "asyncio", "uvloop")
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def loop_choice(env: Mapping[str, str]) -> str:
+    """``MESHSERIAL_LOOP`` checked: ``auto`` (unset or empty: uvloop when installed), ``asyncio`` or
+    ``uvloop``."""
+    value = env.get(LOOP_ENV, "")
+    choice = value.strip().lower() or "auto"
+    if choice not in LOOP_CHOICES:
+        raise UsageError(f"{LOOP_ENV}={value!r} is not asyncio, uvloop or auto (unset means auto)")
+    return choice
+
+
+def loop_factory(choice: str) -> tuple[str, LoopFactory | None]:
+    """The event loop for ``choice``: its name and a factory (None for asyncio's own loop)."""
+    if choice == "asyncio":
+        return "asyncio", None
+    try:
+        # Here, not at the top: only commands that run a loop pay for the import. Optional (the
+        # fast extra), so the type checker may not find it either.
+        import uvloop  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
+    except ImportError as exc:
+        if choice == "uvloop":
+            raise UsageError(
+                f"{LOOP_ENV}=uvloop, but uvloop cannot be imported ({exc}); "
+                "pip install 'meshserial[fast]', or unset it"
+            ) from exc
+        # Not installed (or installed for another Python): the default loop is just as correct.
+        return f"asyncio (uvloop: {exc})", None
+    factory: LoopFactory = uvloop.new_event_loop
+    return f"uvloop {getattr(uvloop, '__version__', '?')}", factory
+
+
 def _run_async(coro: Coroutine[Any, Any, int], *, grace: float) -> int:
-    """``asyncio.run`` the command; once interrupted, everything (asyncio.run's own clean-up of leftover
-    tasks and executor threads included) must be over within ``grace`` seconds."""
+    """Run the command on the chosen event loop (see :func:`loop_choice`), like ``asyncio.run``; once
+    interrupted, everything (the runner's own clean-up of leftover tasks and executor threads included)
+    must be over within ``grace`` seconds."""
+    try:
+        name, factory = loop_factory(loop_choice(os.environ))
+    except UsageError:
+        coro.close()  # never started: no "never awaited" warning
+        raise
+    log.debug("event loop: %s", name)
     watchdog = _Watchdog(grace)
     try:
-        return asyncio.run(_run_cancellable(coro, watchdog))
+        # asyncio.run() is this Runner without a factory; Python 3.11's run() takes no loop_factory.
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(_run_cancellable(coro, watchdog))
     finally:
         watchdog.done()
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from meshserial.addresses import format_hostport, is_loopback
 from meshserial.discovery import mdns
 from meshserial.discovery.overlay import (
     Interface,
@@ -43,7 +44,6 @@ from meshserial.discovery.txt import printable
 from meshserial.errors import MeshserialError
 from meshserial.keys import Identity
 from meshserial.net.sharing import SharedPort
-from meshserial.net.tcp import format_hostport, is_loopback
 from meshserial.ports.factory import SIM_PREFIX, describe_device
 from meshserial.proto.records import MAX_ADDRESSES, MAX_DEVICE_LEN, PortInfo, PortState
 

@@ -10,29 +10,28 @@ import asyncio
 import contextlib
 import logging
 import re
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshserial import paths
+from meshserial.addresses import DEFAULT_PORT, format_hostport, parse_hostport
 from meshserial.errors import ConnectError, ConnectionLost, MeshserialError, UnknownServer, UsageError
 from meshserial.finder import FindOptions, Resolved, resolve, server_label
-from meshserial.keys import Identity, fingerprint, format_id
+from meshserial.keys import Identity, fingerprint, format_id, load_or_create_identity
 from meshserial.net.link import LinkOptions, PortLink
 from meshserial.net.resilient import Connector, ResilientClient, StreamFor
 from meshserial.net.rfc2217_client import connect_rfc2217
 from meshserial.net.secure import DEFAULT_KEEPALIVE, ClientConnection
 from meshserial.net.sharing import SCROLLBACK_BYTES
-from meshserial.net.tcp import DEFAULT_PORT, format_hostport, parse_hostport
 from meshserial.net.tcp import connect as tcp_connect
 from meshserial.ports.base import Port
 from meshserial.ports.pty import PTY_LIMITATIONS, PtyPort
 from meshserial.proto import session as sess
 from meshserial.proto.settings import SerialSettings
 from meshserial.proto.text import check_port_name, escape, valid_port_name
-from meshserial.server import announce, load_identity_noting
 from meshserial.trust import KnownServers
+from meshserial.voice import Voice
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +79,12 @@ def parse_target(text: str) -> Target:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrustOptions:
     trust_new: bool = False  # pin an unknown server without asking (SSH's accept-new)
-    interactive: bool = False  # ask on the terminal
 
 
-def trust_checker(label: str, options: TrustOptions) -> TrustCheck:
+def trust_checker(label: str, options: TrustOptions, voice: Voice) -> TrustCheck:
     """Decide whether to go on with a server that proved ``server_id``: pinned → yes; changed → never;
-    new → pin it if allowed, ask on a terminal, otherwise refuse with the command that trusts it."""
+    new → pin it if allowed, ask if there is someone to ask (``voice.ask``), otherwise refuse with the
+    command that trusts it."""
 
     async def check(server_id: bytes) -> None:
         known = KnownServers().load()
@@ -94,11 +93,10 @@ def trust_checker(label: str, options: TrustOptions) -> TrustCheck:
         shown = f"{format_id(server_id)} (fingerprint {fingerprint(server_id)})"
         if options.trust_new:
             known.pin(label, server_id, via="first-use")
-            print(f"meshserial: trusting new server {escape(label)}: {shown}", file=sys.stderr, flush=True)
+            voice.note(f"trusting new server {escape(label)}: {shown}")
             return
-        if options.interactive and sys.stdin.isatty():
-            question = f"meshserial: new server {escape(label)} presents {shown}.\nTrust it? [y/N] "
-            answer = await asyncio.get_running_loop().run_in_executor(None, _ask, question)
+        if voice.ask is not None:
+            answer = await voice.ask(f"new server {escape(label)} presents {shown}.\nTrust it? [y/N] ")
             if answer.strip().lower() in ("y", "yes"):
                 known.pin(label, server_id, via="confirmed")
                 return
@@ -108,12 +106,6 @@ def trust_checker(label: str, options: TrustOptions) -> TrustCheck:
         )
 
     return check
-
-
-def _ask(question: str) -> str:
-    sys.stderr.write(question)
-    sys.stderr.flush()
-    return sys.stdin.readline()
 
 
 async def connect_secure(
@@ -267,6 +259,7 @@ class ConnectOptions:
     takeover: bool = False
     scrollback: float = 0.0
     find: FindOptions = field(default_factory=FindOptions)  # how a NAME target is looked up
+    voice: Voice = field(default_factory=Voice)  # where status lines and questions go
 
 
 class Connection:
@@ -285,11 +278,6 @@ class Connection:
             await self._client.aclose()
         else:
             await self.port.aclose()
-
-
-def _status(line: str) -> None:
-    # Status lines quote the server (deny reasons, names): escaped like every log line.
-    print(f"meshserial: {escape(line)}", file=sys.stderr, flush=True)
 
 
 class Upstream:
@@ -321,7 +309,9 @@ class Upstream:
     async def prepare(self) -> None:
         if self.target.kind == "rfc2217" or self._identity is not None:
             return
-        self._identity = load_identity_noting()
+        self._identity, created = load_or_create_identity()
+        if created:
+            self.options.voice.note(f"created a new identity {self._identity.id_string}")
         if self.target.kind == "discover":
             self._resolved = await resolve(self.target.name, self.options.find)
 
@@ -349,7 +339,11 @@ class Upstream:
             features=(sess.DEVICE_FEATURE,),
         )
         client = ResilientClient(
-            name=self.label, hello=hello, connector=connector, status=_status, reconnect=options.reconnect
+            name=self.label,
+            hello=hello,
+            connector=connector,
+            status=lambda line: options.voice.note(escape(line)),  # status lines quote the server
+            reconnect=options.reconnect,
         )
         await client.open()
         return Connection(client.port, client)
@@ -362,7 +356,7 @@ async def connect_target(target: Target, options: ConnectOptions | None = None) 
 
 def _direct_connector(target: Target, identity: Identity, options: ConnectOptions) -> Connector:
     """Connect to ``NAME@HOST:PORT``."""
-    trust = trust_checker(server_label(target.host, target.port), options.trust)
+    trust = trust_checker(server_label(target.host, target.port), options.trust, options.voice)
 
     async def connector(hello: sess.Hello, stream_for: StreamFor) -> tuple[ClientConnection, sess.Accept]:
         conn, answer = await connect_secure(
@@ -383,7 +377,7 @@ def _direct_connector(target: Target, identity: Identity, options: ConnectOption
 def _discovered_connector(resolved: Resolved, identity: Identity, options: ConnectOptions) -> Connector:
     """Connect to a port found by discovery; every reconnect looks the name up again (the server may
     have moved between LAN and overlay), keeping to the same server identity."""
-    trust = trust_checker(resolved.label, options.trust)
+    trust = trust_checker(resolved.label, options.trust, options.voice)
     current = resolved
     first = True
 
@@ -458,7 +452,7 @@ async def run_pty(target: Target, *, link: Path | None, options: UseOptions) -> 
                 remote.configure(options.settings)
             if options.dtr is not None or options.rts is not None:
                 remote.set_control(dtr=options.dtr, rts=options.rts)
-            announce(f"{pty.path}  (link: {link_path})")
+            options.connect.voice.say(f"{pty.path}  (link: {link_path})")
             log.info("%s", PTY_LIMITATIONS)
             side, exc = await bridge.wait()
             keeper.cancel()

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meshserial import paths
+from meshserial.addresses import DEFAULT_PORT, parse_hostport
 from meshserial.errors import ConfigError, UsageError
 from meshserial.keys import read_protected_file
-from meshserial.net.tcp import DEFAULT_PORT, parse_hostport
 
 CONFIG_FILE = "config.toml"
 MAX_CONFIG_SIZE = 1 << 20

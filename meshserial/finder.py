@@ -31,13 +31,13 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from meshserial.addresses import DEFAULT_PORT, format_hostport
 from meshserial.discovery import mdns
 from meshserial.discovery.mdns import Discovered
 from meshserial.discovery.overlay import Interface, address_rank, list_interfaces, select_interfaces
 from meshserial.errors import ConnectError, MeshserialError, ServerKeyChanged, UsageError
 from meshserial.keys import format_id, parse_id
 from meshserial.logonce import LogOnce
-from meshserial.net.tcp import DEFAULT_PORT, format_hostport
 from meshserial.proto.text import escape, valid_port_name
 from meshserial.trust import KnownServers
 

@@ -27,12 +27,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshserial.addresses import format_hostport
 from meshserial.client import Connection, Upstream, UseOptions
 from meshserial.errors import MeshserialError
 from meshserial.net.listener import close_listener, listen
 from meshserial.net.rfc2217_server import Rfc2217ServerSession
 from meshserial.net.sharing import SharedPort
-from meshserial.net.tcp import format_hostport
 from meshserial.proto.text import escape
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,10 @@ class _Waiting(asyncio.Protocol):
         self.gone = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.pause_reading()
+        # Any TCP transport: asyncio's own or uvloop's (which does not subclass asyncio.Transport).
+        tcp: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = tcp
+        tcp.pause_reading()
         self._gateway.arrived(self)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
@@ -204,13 +205,9 @@ class Gateway:
         return bool(self._sessions or self._waiting)
 
 
-async def run_gateway(
-    upstream: Upstream, use: UseOptions, options: GatewayOptions, *, announce: Callable[[str], None]
-) -> int:
-    """``use --listen``: check the target once, then serve local clients until interrupted.
-
-    ``announce`` receives the line that says where the gateway listens (the CLI prints it).
-    """
+async def run_gateway(upstream: Upstream, use: UseOptions, options: GatewayOptions) -> int:
+    """``use --listen``: check the target once, then serve local clients until interrupted. The line
+    that says where the gateway listens goes to the connect options' ``voice.say``."""
     await upstream.prepare()
     if upstream.target.kind != "rfc2217":
         # Identity, trust (perhaps asking on this terminal) and authorization are settled now, by a
@@ -220,7 +217,7 @@ async def run_gateway(
     gateway = Gateway(upstream, use, options)
     try:
         host, port = await gateway.start()
-        announce(f"sharing {upstream.target.name} on rfc2217://{format_hostport(host, port)}")
+        use.connect.voice.say(f"sharing {upstream.target.name} on rfc2217://{format_hostport(host, port)}")
         await gateway.serve()
     finally:
         await gateway.aclose()

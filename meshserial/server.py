@@ -11,16 +11,15 @@ import asyncio
 import functools
 import logging
 import secrets
-import sys
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from meshserial import logonce
 from meshserial.access import FileAuthorizer
+from meshserial.addresses import format_hostport
 from meshserial.advertise import PublishConfig, Publisher
 from meshserial.errors import Refused, UsageError
 from meshserial.keys import Identity, load_or_create_identity
@@ -30,11 +29,12 @@ from meshserial.net.secure import DEFAULT_KEEPALIVE, HANDSHAKE_TIMEOUT, ServerCo
 from meshserial.net.sharing import SCROLLBACK_BYTES, Mode, SharedPort
 from meshserial.net.slots import HandshakeLimiter
 from meshserial.net.stream import SessionStream
-from meshserial.net.tcp import format_hostport
 from meshserial.ports.factory import open_port
 from meshserial.proto import session as sess
+from meshserial.proto.sessions import Refuse, Resume, Session, SessionTable, Start, Why
 from meshserial.proto.settings import SerialSettings
 from meshserial.ratelimit import TokenBuckets
+from meshserial.voice import Voice
 
 log = logging.getLogger(__name__)
 _log_once = logonce.LogOnce(log)
@@ -65,24 +65,15 @@ class ShareConfig:
     publish: PublishConfig = field(default_factory=PublishConfig)  # mDNS adverts, rendezvous
 
 
-def announce(line: str) -> None:
-    """A line for humans and scripts on stdout, flushed at once (tests wait for it)."""
-    print(line, flush=True)
-
-
 @dataclass(slots=True, kw_only=True, eq=False)
 class LiveSession:
-    """A session the server keeps, attached to a connection or waiting for its client to come back."""
+    """The asyncio side of a session the server keeps: its port, the stream adapter its RFC 2217
+    session writes to, and the connection carrying it (``None`` while its client is away)."""
 
-    id: str
-    client_id: bytes
+    session: Session
     shared: SharedPort
-    mode: Mode
     stream: SessionStream
-    detach_timer: asyncio.TimerHandle | None = None
-    detached_at: float | None = None  # loop time at which the connection dropped
     conn: ServerConnection | None = None
-    features: tuple[str, ...] = ()  # what the client said it understands (hello)
 
 
 class SecureServer:
@@ -90,18 +81,15 @@ class SecureServer:
 
     Sessions outlive their connections: when a connection drops, the session keeps its place on the
     port (and the write lock) for ``detach_timeout`` seconds, buffering device output, so that the
-    client can reconnect and resume it without losing a byte.
+    client can reconnect and resume it without losing a byte. Who may start, resume or replace a
+    session, and when one expires, is decided by the sans-IO :class:`~meshserial.proto.sessions.SessionTable`;
+    this class supplies the facts (rights, ports), carries the decisions out and arms the table's timer.
     """
 
-    #: How often the allow-list file is looked at (expiries are also met on time, see watch_access).
+    #: How often the allow-list file is looked at (expiries are met on time by the table's timer).
     ACCESS_CHECK = 1.0
-    #: Sessions (attached or waiting for their client) one identity may have, and all together.
-    MAX_SESSIONS_PER_CLIENT = 16
-    MAX_SESSIONS = 128
     #: Invite attempts per source: a handful, then one a minute. Each costs a file lock and a write.
     INVITE_BURST = 5
-    #: Reasons of ended sessions remembered for their clients (oldest forgotten first).
-    MAX_ENDED = 1024
     INVITE_RATE = 1 / 60
 
     def __init__(
@@ -120,14 +108,15 @@ class SecureServer:
         self._host = host
         self._port = port
         self._keepalive = keepalive
-        self._detach_timeout = detach_timeout
         self._handshake_timeout = handshake_timeout
         self._authorizer = FileAuthorizer()
         self._limiter = HandshakeLimiter()
         self._invite_attempts = TokenBuckets(self.INVITE_RATE, self.INVITE_BURST)
-        self._sessions: dict[str, LiveSession] = {}
-        # Why recently ended sessions ended (session id -> client, reason), for clients that try to resume.
-        self._ended: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._table = SessionTable(detach_timeout=detach_timeout, new_id=lambda: secrets.token_hex(16))
+        self._live: dict[str, LiveSession] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop = asyncio.get_running_loop()
         self._connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
@@ -136,12 +125,12 @@ class SecureServer:
     def identity(self) -> Identity:
         return self._identity
 
-    async def start(self) -> None:
+    async def start(self) -> list[str]:
+        """Listen; returns a line for each port saying where it is served (the CLI prints them)."""
         self._server = await listen(self._host, self._port, self._new_connection)
         self.address = self._server.sockets[0].getsockname()[:2]
         where = format_hostport(self._host, self.address[1])
-        for name in self._ports:
-            announce(f"sharing {name} on {where} as {self._identity.id_string}")
+        return [f"sharing {name} on {where} as {self._identity.id_string}" for name in self._ports]
 
     def _new_connection(self) -> ServerConnection:
         conn = ServerConnection(
@@ -181,235 +170,184 @@ class SecureServer:
     def hello(self, conn: ServerConnection, hello: sess.Hello) -> tuple[sess.Accept, SessionStream, int]:
         client = conn.peer_id
         assert client is not None
-        rights = self._authorizer.rights(client, hello.port)
-        if rights is None:
-            # Same answer whether the port exists or not: an unknown key learns nothing.
-            raise Refused(f"not authorized for port {hello.port!r}")
-        if hello.mode == "rw" and rights != "rw":
-            raise Refused(f"read-only access to {hello.port}: connect with --read-only")
         shared = self._ports.get(hello.port)
-        if shared is None:
-            raise Refused(f"no port named {hello.port!r} here")
-        mode = Mode.READ_WRITE if hello.mode == "rw" else Mode.READ_ONLY
-        live = self._sessions.get(hello.session) if hello.session else None
-        if live is not None and live.client_id == client and live.shared is shared and live.mode is mode:
-            return self._resume(live, conn, hello), live.stream, hello.rx
-        ended = self._ended.get(hello.session) if hello.session else None
-        if ended is not None and ended[0] == client:
-            raise Refused(ended[1])  # why its session ended, for a client that could not be told
-        if mode is Mode.READ_WRITE:
-            self._make_room(client, shared, takeover=hello.takeover)
-        mine = sum(1 for x in self._sessions.values() if x.client_id == client)
-        if mine >= self.MAX_SESSIONS_PER_CLIENT:
-            raise Refused(f"too many sessions of yours on this server ({mine}); end some first")
-        if len(self._sessions) >= self.MAX_SESSIONS:
-            raise Refused("this server has too many sessions; try again later")
-        return self._start(conn, hello, shared, mode)
-
-    def _make_room(self, client: bytes, shared: SharedPort, *, takeover: bool) -> None:
-        """Before a new read-write session: end the holder's session where the rules allow it.
-
-        A client's own session that lost its connection is replaced at once (the client crashed or was
-        killed: waiting for the detach timeout would lock it out of its own port). Its own live
-        session, or another client's session that lost its connection, only with ``takeover``; another
-        client's live session never. Whatever still holds the port is then refused by the port itself.
-        """
-        holder = next(
-            (x for x in self._sessions.values() if x.shared is shared and x.mode is Mode.READ_WRITE), None
+        decision = self._table.admit(
+            client,
+            hello,
+            rights=self._authorizer.rights(client, hello.port),
+            port_exists=shared is not None,
+            label=self.label,
+            now=self._loop.time(),
         )
-        if holder is None:
-            return
-        detached = holder.conn is None
-        label = self.label(holder.client_id)
-        if holder.client_id == client and (detached or takeover):
-            state = "detached" if detached else "live"
-            log.info("%s replaces its own %s session on %s", label, state, shared.name)
-            self._end(holder, "replaced by a new session of the same client")
-            return
-        if holder.client_id == client:
-            raise Refused(
-                f"port {shared.name} is in use by another session of yours; "
-                "stop it, or connect with --takeover to replace it"
-            )
-        if detached and takeover:
-            log.info(
-                "%s takes over %s from %s, whose connection was lost", self.label(client), shared.name, label
-            )
-            self._end(holder, f"taken over by {self.label(client)}")
-            return
-        if detached:
-            assert holder.detached_at is not None
-            away = asyncio.get_running_loop().time() - holder.detached_at
-            left = max(0.0, self._detach_timeout - away)
-            raise Refused(
-                f"port {shared.name} is held by {label}, whose connection was lost {away:.0f} s ago "
-                f"(kept {left:.0f} s more for it to resume); connect with --takeover to take it over"
-            )
+        match decision:
+            case Refuse(reason=reason):
+                raise Refused(reason)
+            case Resume(session=session, lost=lost):
+                live = self._live[session.id]
+                return self._resume(live, conn, hello, lost), live.stream, hello.rx
+            case Start(replaced=replaced):
+                assert shared is not None
+                for old, reason in replaced:
+                    log.info("%s: %s", self.label(old.client), reason)
+                    self._end_id(old.id, reason)
+                return self._start(conn, hello, shared)
+            case _:  # pragma: no cover - the three decisions above are all there is
+                assert_never(decision)
 
     def _start(
-        self, conn: ServerConnection, hello: sess.Hello, shared: SharedPort, mode: Mode
+        self, conn: ServerConnection, hello: sess.Hello, shared: SharedPort
     ) -> tuple[sess.Accept, SessionStream, int]:
         client = conn.peer_id
         assert client is not None
-        session_id = secrets.token_hex(16)
-        rfc = Rfc2217ServerSession(
-            shared,
-            mode=mode,
-            label=self._authorizer.label(client),
-            attach=False,
-            on_close=lambda _s: self._forget(session_id),
-        )
+        mode = Mode.READ_WRITE if hello.mode == "rw" else Mode.READ_ONLY
+        rfc = Rfc2217ServerSession(shared, mode=mode, label=self.label(client), attach=False)
         shared.attach(rfc, mode)  # Refused (port held by another writer) goes back to the client
-        stream = SessionStream(rfc, on_detached=self._detached)
-        rfc.end_with_reason = functools.partial(self._end_id, session_id)
-        rfc.on_device = functools.partial(self._device_changed, session_id)
-        live = LiveSession(
-            id=session_id,
-            client_id=client,
-            shared=shared,
-            mode=mode,
-            stream=stream,
-            conn=conn,
-            features=hello.features,
-        )
-        self._sessions[session_id] = live
+        session = self._table.start(client, hello, expires_at=self._expiry(client))
+        rfc.on_close = functools.partial(self._closed, session.id)
+        rfc.end_with_reason = functools.partial(self._end_id, session.id)
+        rfc.on_device = functools.partial(self._device_changed, session.id)
+        stream = SessionStream(rfc, state=session.stream, on_detached=self._detached)
+        self._live[session.id] = LiveSession(session=session, shared=shared, stream=stream, conn=conn)
         if hello.scrollback > 0:
             # Recent output goes first, right after the RFC 2217 opening, once the stream is carried.
             rfc.queue_scrollback(shared.recent_output(hello.scrollback))
         holder = shared.holder
-        return (
-            sess.Accept(
-                port=hello.port,
-                mode=hello.mode,
-                session=session_id,
-                holder=holder.label if holder is not None and mode is Mode.READ_ONLY else None,
-                device=shared.online,
-            ),
-            stream,
-            0,
+        accept = self._table.accept(
+            session,
+            holder=holder.label if holder is not None and mode is Mode.READ_ONLY else None,
+            device=shared.online,
         )
+        self._arm()
+        return accept, stream, 0
 
-    def _resume(self, live: LiveSession, conn: ServerConnection, hello: sess.Hello) -> sess.Accept:
-        if live.detach_timer is not None:
-            live.detach_timer.cancel()
-            live.detach_timer = None
-        live.detached_at = None
+    def _resume(self, live: LiveSession, conn: ServerConnection, hello: sess.Hello, lost: int) -> sess.Accept:
+        self._table.attached(live.session, hello.features)
         old = live.conn
         if old is not None and old is not conn:
             # The client knows its old connection is dead before we do: take the stream from it.
             old.release()
             old.abort()
         live.conn = conn
-        lost = max(0, live.stream.replay.start - hello.rx)
         log.info(
             "%s resumed its session on %s%s",
-            self.label(live.client_id),
+            self.label(live.session.client),
             live.shared.name,
             f" ({lost} bytes could not be kept)" if lost else "",
         )
-        live.features = hello.features
-        return sess.Accept(
-            port=hello.port,
-            mode=hello.mode,
-            session=live.id,
-            rx=live.stream.counter.received,
-            tx=live.stream.replay.sent,
-            lost=lost,
-            device=live.shared.online,
-        )
+        self._arm()
+        return self._table.accept(live.session, lost=lost, device=live.shared.online)
 
     def _detached(self, stream: SessionStream, exc: BaseException | None) -> None:
-        live = next((x for x in self._sessions.values() if x.stream is stream), None)
+        live = next((x for x in self._live.values() if x.stream is stream), None)
         if live is None:
             return
         live.conn = None
+        self._table.detached(live.session, self._loop.time())
         log.info(
             "%s lost its connection to %s (%s); keeping the session for %g s",
-            self.label(live.client_id),
+            self.label(live.session.client),
             live.shared.name,
             exc,
-            self._detach_timeout,
+            self._table.detach_timeout,
         )
-        loop = asyncio.get_running_loop()
-        live.detached_at = loop.time()
-        live.detach_timer = loop.call_later(self._detach_timeout, self._expire, live)
+        self._arm()
 
-    def _expire(self, live: LiveSession) -> None:
-        live.detach_timer = None
-        log.info("session of %s on %s expired", self.label(live.client_id), live.shared.name)
-        live.stream.ended_by_peer(None)
-        self._forget(live.id)
-
-    def _end(self, live: LiveSession, reason: str) -> None:
-        """End ``live`` for good, telling its client ``reason`` now if it is connected, and when it
+    def _end_id(self, session_id: str, reason: str) -> None:
+        """End a session for good, telling its client ``reason`` now if it is connected, and when it
         tries to resume if it is not (or cannot hear it: a kicked watcher's connection is aborted)."""
-        self._ended[live.id] = (live.client_id, reason)
-        while len(self._ended) > self.MAX_ENDED:
-            self._ended.popitem(last=False)
+        live = self._live.pop(session_id, None)
+        if live is None:
+            return
+        self._table.ended(live.session, reason)
         live.stream.end(reason)
-        self._forget(live.id)
+        self._arm()
+
+    def _closed(self, session_id: str, _rfc: object = None) -> None:
+        """The session's RFC 2217 side ended (the client closed it, or the port went away)."""
+        if self._live.pop(session_id, None) is not None:
+            self._table.forget(session_id)
+            self._arm()
 
     def _device_changed(self, session_id: str, present: bool) -> None:
         """Tell a client whose hello asked for it that the device went away or came back (if it is
         connected now; one that resumes later finds the state in its ``accept``)."""
-        live = self._sessions.get(session_id)
-        if live is not None and live.conn is not None and sess.DEVICE_FEATURE in live.features:
+        live = self._live.get(session_id)
+        if live is not None and live.conn is not None and sess.DEVICE_FEATURE in live.session.features:
             live.conn.send_control(sess.DeviceState(present=present))
 
-    def _end_id(self, session_id: str, reason: str) -> None:
-        if (live := self._sessions.get(session_id)) is not None:
-            self._end(live, reason)
+    # ---- the table's timer (detach timeouts, access expiries) ----------------------------------------
 
-    def _forget(self, session_id: str) -> None:
-        live = self._sessions.pop(session_id, None)
-        if live is not None and live.detach_timer is not None:
-            live.detach_timer.cancel()
+    def _arm(self) -> None:
+        at = self._table.next_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        for expired in self._table.handle_timer(self._loop.time()):
+            live = self._live.pop(expired.session.id, None)
+            if live is None:
+                continue
+            who = self.label(expired.session.client)
+            if expired.why is Why.ACCESS_EXPIRED:
+                log.warning("access expired of %s to %s; ending its session", who, live.shared.name)
+                live.stream.end("access expired")
+            else:
+                log.info("session of %s on %s expired", who, live.shared.name)
+                live.stream.ended_by_peer(None)
+        self._arm()
+
+    def _expiry(self, client: bytes) -> float | None:
+        """When ``client``'s access ends, on the loop's clock (the file says it in wall-clock time)."""
+        wall = self._authorizer.expires_at(client)
+        return None if wall is None else self._loop.time() + (wall - time.time())
 
     # ---- revocation and shutdown -------------------------------------------------------------------
 
     async def watch_access(self) -> None:
         """Keep live sessions within the allow-list: a key removed or narrowed by ``meshserial revoke``
-        or an edit of the file loses its sessions within :attr:`ACCESS_CHECK`; an entry that expires
-        ends its sessions at the expiry time, file change or not. Also writes pending log summaries."""
+        or an edit of the file loses its sessions within :attr:`ACCESS_CHECK`; a new expiry applies at
+        once. Also writes pending log summaries."""
         while True:
-            await asyncio.sleep(self._next_access_check())
-            self._authorizer.changed()
-            self._enforce_access()
+            await asyncio.sleep(self.ACCESS_CHECK)
+            if self._authorizer.changed():
+                self._enforce_access()
             logonce.flush_all()
-
-    def _next_access_check(self) -> float:
-        wait = self.ACCESS_CHECK
-        now = time.time()
-        for live in self._sessions.values():
-            expires = self._authorizer.expires_at(live.client_id)
-            if expires is not None:
-                # A hair past the instant: the entry must have expired when we look.
-                wait = min(wait, max(0.0, expires - now) + 0.005)
-        return wait
 
     def _enforce_access(self) -> None:
         now = time.time()
-        for live in list(self._sessions.values()):
-            rights = self._authorizer.rights(live.client_id, live.shared.name, now)
-            if rights is not None and (live.mode is Mode.READ_ONLY or rights == "rw"):
+        for live in list(self._live.values()):
+            session = live.session
+            session.expires_at = self._expiry(session.client)
+            rights = self._authorizer.rights(session.client, live.shared.name, now)
+            if rights is not None and (session.mode == "ro" or rights == "rw"):
                 continue
-            expires = self._authorizer.expires_at(live.client_id)
+            expires = self._authorizer.expires_at(session.client)
             reason = "access expired" if expires is not None and now >= expires else "access revoked"
-            log.warning(
-                "%s of %s to %s; ending its session", reason, self.label(live.client_id), live.shared.name
-            )
-            self._end(live, reason)
+            who = self.label(session.client)
+            log.warning("%s of %s to %s; ending its session", reason, who, live.shared.name)
+            self._end_id(session.id, reason)
+        self._arm()
 
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
-        for live in list(self._sessions.values()):
+        if self._timer is not None:
+            self._timer.cancel()
+        for live in list(self._live.values()):
             conn, live.conn = live.conn, None
             if conn is not None:
                 conn.release()
                 conn.go_away("server is shutting down")
             live.stream.ended_by_peer(None)  # ends the session here only; the client will reconnect
-        self._sessions.clear()
+        self._live.clear()
         # Connections still in their handshake (or half-open floods) would otherwise keep
         # wait_closed() waiting for their deadline.
         for conn in list(self._connections):
@@ -419,14 +357,20 @@ class SecureServer:
             await close_listener(self._server)
 
 
-async def run_share(config: ShareConfig) -> int:
-    """Open the devices, serve them until cancelled, then close everything."""
+async def run_share(config: ShareConfig, voice: Voice | None = None) -> int:
+    """Open the devices, serve them until cancelled, then close everything. ``voice.say`` gets a line
+    for each port once it is served (scripts wait for it), ``voice.note`` anything else to tell."""
+    voice = voice or Voice()
     names = [d.name for d in config.devices]
     if len(set(names)) != len(names):
         raise UsageError(f"port names must be unique: {', '.join(names)}")
     if config.rfc2217 is None and config.listen is None:
         raise UsageError("nothing to serve on: give --listen HOST:PORT and/or --rfc2217 HOST:PORT")
-    identity = load_identity_noting() if config.listen is not None else None
+    identity: Identity | None = None
+    if config.listen is not None:
+        identity, created = load_or_create_identity()
+        if created:
+            voice.note(f"created a new identity {identity.id_string}")
     shared: list[SharedPort] = []
     plain: PlainListeners | None = None
     secure: SecureServer | None = None
@@ -446,17 +390,18 @@ async def run_share(config: ShareConfig) -> int:
                 detach_timeout=config.detach_timeout,
                 handshake_timeout=config.handshake_timeout,
             )
-            await secure.start()
+            for line in await secure.start():
+                voice.say(line)
         if config.rfc2217 is not None:
             plain = PlainListeners(shared, *config.rfc2217)
             await plain.start()
             for name, url in plain.addresses:
-                announce(f"sharing {name} on {url}")
+                voice.say(f"sharing {name} on {url}")
         async with asyncio.TaskGroup() as tasks:
             if secure is not None:
                 tasks.create_task(_stoppable(secure.watch_access(), "the access watch"))
                 # Started after the listener is up: advertising never delays serving.
-                tasks.create_task(_stoppable(_publisher(config, shared, secure).run(), "advertising"))
+                tasks.create_task(_stoppable(_publisher(config, shared, secure, voice).run(), "advertising"))
             elif config.publish.rendezvous:
                 log.warning("nothing to register with the rendezvous: only --rfc2217 is served")
             await asyncio.Event().wait()  # serve until cancelled (SIGINT/SIGTERM)
@@ -490,7 +435,9 @@ async def _stoppable(coro: Coroutine[Any, Any, None], what: str, grace: float = 
         raise
 
 
-def _publisher(config: ShareConfig, shared: list[SharedPort], secure: SecureServer) -> Publisher:
+def _publisher(
+    config: ShareConfig, shared: list[SharedPort], secure: SecureServer, voice: Voice
+) -> Publisher:
     assert secure.address is not None and config.listen is not None
     return Publisher(
         shared,
@@ -499,13 +446,5 @@ def _publisher(config: ShareConfig, shared: list[SharedPort], secure: SecureServ
         host=config.listen[0],
         tcp_port=secure.address[1],
         config=config.publish,
-        announce=announce,
+        announce=voice.say,
     )
-
-
-def load_identity_noting() -> Identity:
-    """This machine's identity, created on first use with a note on stderr."""
-    identity, created = load_or_create_identity()
-    if created:
-        print(f"meshserial: created a new identity {identity.id_string}", file=sys.stderr, flush=True)
-    return identity

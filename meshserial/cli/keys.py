@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from meshserial import config
-from meshserial.cli.options import add_config_option, port_number
+from meshserial.addresses import DEFAULT_PORT, format_hostport, parse_hostport
+from meshserial.cli.options import add_config_option, note, port_number
 from meshserial.client import connect_secure
 from meshserial.discovery.overlay import (
     Interface,
@@ -47,11 +48,16 @@ from meshserial.errors import (
 )
 from meshserial.finder import server_label
 from meshserial.invites import InviteCode, create_invite, invite_proof, parse_invite
-from meshserial.keys import create_identity, fingerprint, format_id, parse_id
-from meshserial.net.tcp import DEFAULT_PORT, format_hostport, parse_hostport
+from meshserial.keys import (
+    Identity,
+    create_identity,
+    fingerprint,
+    format_id,
+    load_or_create_identity,
+    parse_id,
+)
 from meshserial.proto import session as sess
 from meshserial.proto.text import escape
-from meshserial.server import load_identity_noting
 from meshserial.trust import (
     AuthorizedClients,
     KnownServers,
@@ -198,6 +204,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=accept)
 
 
+def _identity() -> Identity:
+    """This machine's identity, made on first use (and said so)."""
+    identity, created = load_or_create_identity()
+    if created:
+        note(f"created a new identity {identity.id_string}")
+    return identity
+
+
 def keygen(args: argparse.Namespace) -> int:
     identity = create_identity()
     print(identity.id_string)
@@ -207,7 +221,7 @@ def keygen(args: argparse.Namespace) -> int:
 def show_id(args: argparse.Namespace) -> int:
     # On a fresh machine the first `meshserial id` makes the identity (saying so on stderr), as the
     # first `share` or `use` would: the README's first step works before anything else was run.
-    identity = load_identity_noting()
+    identity = _identity()
     print(identity.id_string)
     if args.fingerprint:
         print(fingerprint(identity.public_id))
@@ -272,7 +286,7 @@ def invite(args: argparse.Namespace) -> int:
         hints = [format_hostport(host, port)]  # share listens on one address only
     else:
         hints = _own_addresses(port, args.interfaces)
-    identity = load_identity_noting()
+    identity = _identity()
     code = create_invite(identity, ports_spec=args.ports, ttl_seconds=ttl, hints=hints, name=args.name)
     print(code, flush=True)
     print(f"meshserial: the code sends clients to {', '.join(hints)}", file=sys.stderr)
@@ -402,7 +416,7 @@ def accept(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
 async def _accept(
     code: InviteCode, targets: list[tuple[str, int]], name: str | None, client_name: str | None
 ) -> int:
-    identity = load_identity_noting()
+    identity = _identity()
     timeout = SINGLE_ADDRESS_TIMEOUT
     if len(targets) > 1:
         timeout = PER_ADDRESS_TIMEOUT

@@ -3,15 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
 from meshserial import config
+from meshserial.addresses import parse_hostport
 from meshserial.errors import UsageError
 from meshserial.finder import FindOptions
-from meshserial.net.tcp import parse_hostport
 from meshserial.proto.settings import Parity, SerialSettings, StopBits
 from meshserial.trust import parse_duration
+from meshserial.voice import Voice
+
+
+def say(line: str) -> None:
+    """A result line on stdout, flushed at once (scripts and tests wait for it)."""
+    print(line, flush=True)
+
+
+def note(line: str) -> None:
+    """A note for the person at the terminal, on stderr."""
+    print(f"meshserial: {line}", file=sys.stderr, flush=True)
+
+
+def _ask_blocking(question: str) -> str:
+    sys.stderr.write(f"meshserial: {question}")
+    sys.stderr.flush()
+    return sys.stdin.readline()
+
+
+async def _ask(question: str) -> str:
+    return await asyncio.get_running_loop().run_in_executor(None, _ask_blocking, question)
+
+
+def terminal_voice(*, questions: bool = False) -> Voice:
+    """Where the application's lines go from the command line; questions only on a terminal."""
+    return Voice(say=say, note=note, ask=_ask if questions and sys.stdin.isatty() else None)
 
 
 def hostport(default_port: int | None) -> type | object:

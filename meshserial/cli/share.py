@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from meshserial import config
+from meshserial.addresses import DEFAULT_PORT
 from meshserial.advertise import PublishConfig
 from meshserial.cli.options import (
     add_config_option,
@@ -15,11 +16,11 @@ from meshserial.cli.options import (
     line_settings,
     listen_address,
     seconds,
+    terminal_voice,
 )
 from meshserial.errors import UsageError
 from meshserial.net.secure import DEFAULT_KEEPALIVE, HANDSHAKE_TIMEOUT
 from meshserial.net.sharing import SCROLLBACK_BYTES
-from meshserial.net.tcp import DEFAULT_PORT
 from meshserial.ports.factory import default_name
 from meshserial.proto.text import PORT_NAME_RULE, check_port_name
 from meshserial.server import DEFAULT_DETACH_TIMEOUT, DeviceConfig, ShareConfig, run_share
@@ -168,4 +169,4 @@ def run(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
             rendezvous_token=token,
         ),
     )
-    return run_share(share_config)
+    return run_share(share_config, terminal_voice())

@@ -15,6 +15,7 @@ from meshserial.cli.options import (
     listen_address,
     on_off,
     seconds,
+    terminal_voice,
 )
 from meshserial.client import ConnectOptions, TrustOptions, Upstream, UseOptions, parse_target, run_pty
 from meshserial.errors import UsageError
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
         link_options=LinkOptions(dtr_follows_open=args.dtr_follows_open),
         connect=ConnectOptions(
             read_only=args.read_only,
-            trust=TrustOptions(trust_new=args.trust_new, interactive=True),
+            trust=TrustOptions(trust_new=args.trust_new),
+            voice=terminal_voice(questions=True),
             keepalive=args.keepalive,
             reconnect=not args.no_reconnect,
             takeover=args.takeover,
@@ -128,8 +130,4 @@ def run(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
     if args.pty:
         return run_pty(target, link=args.link, options=options)
     gateway = GatewayOptions(listen=args.listen, linger=args.linger)
-    return run_gateway(Upstream(target, options.connect), options, gateway, announce=_print_line)
-
-
-def _print_line(line: str) -> None:
-    print(line, flush=True)
+    return run_gateway(Upstream(target, options.connect), options, gateway)

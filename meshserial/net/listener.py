@@ -8,10 +8,10 @@ import errno
 import logging
 from collections.abc import Callable
 
+from meshserial.addresses import format_hostport, is_loopback
 from meshserial.errors import PortBusy, UsageError
 from meshserial.net.rfc2217_server import Rfc2217ServerSession
 from meshserial.net.sharing import SharedPort
-from meshserial.net.tcp import format_hostport, is_loopback
 
 log = logging.getLogger(__name__)
 

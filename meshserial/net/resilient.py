@@ -30,6 +30,7 @@ from meshserial.net.secure import ClientConnection
 from meshserial.net.stream import SessionStream
 from meshserial.ports.base import Capabilities, Port, PortEvent, PortListener
 from meshserial.proto import session as sess
+from meshserial.proto.client_session import MAX_BACKOFF, Attempt, ClientSession, Restarted, Resumed, State
 from meshserial.proto.settings import ModemState, SerialSettings
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,8 @@ log = logging.getLogger(__name__)
 StreamFor = Callable[[ClientConnection, sess.Accept], None]
 Connector = Callable[[sess.Hello, StreamFor], Awaitable[tuple[ClientConnection, sess.Accept]]]
 
-FIRST_BACKOFF = 0.1
 HOLD_LIMIT = 1024 * 1024  # application bytes kept while the connection is down
-MAX_BACKOFF = 1.0
 ACTIVE_TIMEOUT = 10.0
-RECONNECT_ATTEMPT_TIMEOUT = 2.0
 
 
 class SessionPort(Port):
@@ -186,7 +184,12 @@ _DISCARD = _Discard()
 
 
 class ResilientClient:
-    """Connects, keeps the session alive across failures, and reports what happens on ``status``."""
+    """Connects, keeps the session alive across failures, and reports what happens on ``status``.
+
+    The decisions (what to ask for, resume or new session, when to try again, when to give up) are
+    the sans-IO :class:`~meshserial.proto.client_session.ClientSession`'s; this class connects when
+    it says so, and wires the session's stream to the local port.
+    """
 
     def __init__(
         self,
@@ -200,23 +203,24 @@ class ResilientClient:
     ) -> None:
         self.port = SessionPort(name)
         self._name = name
-        self._hello = hello
         self._connector = connector
         self._status = status
         self._reconnect = reconnect
-        self._max_backoff = max_backoff
+        self._session = ClientSession(
+            hello, jitter=lambda: random.uniform(0.75, 1.25), max_backoff=max_backoff
+        )
         self._stream: SessionStream | None = None
-        self._session: str | None = None
         self._conn: ClientConnection | None = None
         self._wake = asyncio.Event()
-        self._lost_at = 0.0
+        self._loop = asyncio.get_running_loop()
         self._closing = False
         self._report: str | None = None
         self._device_present = True
 
     async def open(self) -> None:
         """First connection; errors go to the caller (nothing to resume yet)."""
-        self._conn, _ = await self._connector(self._hello, self._stream_for)
+        self._session.attempt_started()
+        self._conn, _ = await self._connector(self._session.hello(), self._stream_for)
         await self._wait_active()
 
     async def _wait_active(self) -> None:
@@ -236,96 +240,92 @@ class ResilientClient:
         """Called inside the connection's handling of ``accept``: carry (or replace) the stream."""
         conn.on_device = self._device
         self._device(accept.device)
-        stream = self._stream
-        if stream is not None and accept.session == self._session and not stream.ended:
-            unsent = conn.carry(stream, accept.rx)
-            lost = accept.lost + unsent
-            self._report = "resumed after {elapsed:.1f} s" + (
-                f"; {lost} bytes could not be recovered" if lost else ""
-            )
-            return
-        remote = RemotePort(name=self._name)
-        new = SessionStream(remote, on_detached=self._detached)
-        self._stream, self._session = new, accept.session
-        # Switch the local side to the new session first, so the old one's end goes nowhere.
-        self.port.use(remote, reapply=stream is not None)
-        if stream is not None:
-            # The server no longer knows our session (it restarted, or we were away too long).
-            doubt = stream.replay.size
-            stream.ended_by_peer(None)
-            self._report = (
-                "new session after {elapsed:.1f} s; the old one was gone (server restarted?): "
-                + (f"{doubt} bytes in flight when the connection died may be lost, " if doubt else "")
-                + "{held} bytes written meanwhile were sent; device output during the outage is lost"
-            )
-        conn.carry(new, 0)
+        old = self._stream
+        match self._session.accepted(accept):
+            case Resumed(lost=lost) if old is not None:
+                lost += old.attach(conn, accept.rx)
+                self._report = "resumed after {elapsed:.1f} s" + (
+                    f"; {lost} bytes could not be recovered" if lost else ""
+                )
+                return
+            case Restarted(in_flight=in_flight, first=first):
+                state = self._session.stream
+                assert state is not None
+                remote = RemotePort(name=self._name)
+                new = SessionStream(remote, state=state, on_detached=self._detached)
+                self._stream = new
+                # Switch the local side to the new session first, so the old one's end goes nowhere.
+                self.port.use(remote, reapply=not first)
+                if old is not None:
+                    # The server no longer knows our session (it restarted, or we were away too long).
+                    old.ended_by_peer(None)
+                    doubt = f"{in_flight} bytes in flight when it died may be lost, " if in_flight else ""
+                    self._report = (
+                        "new session after {elapsed:.1f} s; the old one was gone (server restarted?): "
+                        f"{doubt}{{held}} bytes written meanwhile were sent; device output during the "
+                        "outage is lost"
+                    )
+                new.attach(conn, 0)
+            case _:  # pragma: no cover - a resume needs a stream to resume
+                raise ProtocolError("the server resumed a session we do not have")
 
     def _detached(self, stream: SessionStream, exc: BaseException | None) -> None:
         if stream is not self._stream or self._closing:
             return
-        loop = asyncio.get_running_loop()
-        self._lost_at = loop.time()
         if not self._reconnect:
+            self._session.end()
             stream.ended_by_peer(ConnectionLost(f"connection to {self._name} lost: {exc}"))
             return
         self.port.hold()
+        self._session.connection_lost(self._loop.time())
         self._status(f"connection lost ({exc}); reconnecting…")
         self._wake.set()
 
     async def run(self) -> None:
-        """Reconnect whenever the connection is lost, until :meth:`aclose`."""
-        while not self._closing:
-            await self._wake.wait()
+        """Reconnect whenever the session says so, until :meth:`aclose` or the session ends."""
+        while not self._closing and self._session.state is not State.ENDED:
+            at = self._session.next_timer()
             self._wake.clear()
-            if self._closing:
-                return
-            await self._reconnect_loop()
-
-    async def _reconnect_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        delay = FIRST_BACKOFF
-        attempt = 0
-        while not self._closing:
-            attempt += 1
-            stream = self._stream
-            assert stream is not None
-            hello = sess.Hello(
-                port=self._hello.port,
-                mode=self._hello.mode,
-                session=self._session,
-                rx=stream.counter.received,
-                tx=stream.replay.sent,
-                features=self._hello.features,
-            )
             try:
-                # Each attempt gives up quickly and tries again: a SYN lost while the path was down
-                # would otherwise hold it for the kernel's retransmission schedule (1 s, 3 s, ...).
-                async with asyncio.timeout(RECONNECT_ATTEMPT_TIMEOUT):
-                    self._conn, _ = await self._connector(hello, self._stream_for)
-                await self._wait_active()
+                async with asyncio.timeout_at(at):
+                    await self._wake.wait()
+                continue  # something changed: look at the timer again
             except TimeoutError:
-                log.info("reconnect attempt %d timed out", attempt)
-                continue
-            except (AuthError, UsageError) as exc:
-                # Not a network problem: trying again would not help (revoked, port taken, key changed).
-                # The error ends the session and reaches the user as the reason.
-                if self._stream is not None:
-                    self._stream.ended_by_peer(exc)
-                return
-            except MeshserialError as exc:
-                log.info("reconnect attempt %d failed: %s", attempt, exc)
-                await asyncio.sleep(delay * random.uniform(0.75, 1.25))
-                delay = min(delay * 2, self._max_backoff)
-                continue
-            held = self.port.release()
-            elapsed = loop.time() - self._lost_at
-            report = self._report or "reconnected after {elapsed:.1f} s"
-            self._status(report.format(elapsed=elapsed, held=held))
-            self._report = None
+                pass
+            if isinstance(self._session.handle_timer(self._loop.time()), Attempt):
+                await self._attempt()
+
+    async def _attempt(self) -> None:
+        session = self._session
+        session.attempt_started()
+        try:
+            async with asyncio.timeout(session.attempt_timeout):
+                self._conn, _ = await self._connector(session.hello(), self._stream_for)
+            await self._wait_active()
+        except TimeoutError:
+            log.info("reconnect attempt %d timed out", session.attempts)
+            session.failed(self._loop.time(), final=False)
             return
+        except (AuthError, UsageError) as exc:
+            # Not a network problem: trying again would not help (revoked, port taken, key changed).
+            # The error ends the session and reaches the user as the reason.
+            session.failed(self._loop.time(), final=True)
+            if self._stream is not None:
+                self._stream.ended_by_peer(exc)
+            return
+        except MeshserialError as exc:
+            log.info("reconnect attempt %d failed: %s", session.attempts, exc)
+            session.failed(self._loop.time(), final=False)
+            return
+        held = self.port.release()
+        elapsed = self._loop.time() - (session.lost_at or self._loop.time())
+        report = self._report or "reconnected after {elapsed:.1f} s"
+        self._status(report.format(elapsed=elapsed, held=held))
+        self._report = None
 
     async def aclose(self) -> None:
         self._closing = True
+        self._session.end()
         self._wake.set()
         if self._stream is not None:
             self._stream.end()

@@ -16,24 +16,22 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from meshserial.addresses import format_hostport
 from meshserial.errors import ConnectionLost, MeshserialError, PortClosed, ProtocolError
 from meshserial.logonce import LogOnce
-from meshserial.net.tcp import ReceiveBuffer, connect, format_hostport, tune_socket
+from meshserial.net.tcp import ReceiveBuffer, connect, tune_socket
 from meshserial.ports.base import Capabilities, ModemStateChanged, Port, PortListener, SettingsChanged
 from meshserial.proto import rfc2217
+from meshserial.proto.portcontrol import FLOW_CONTROL
 from meshserial.proto.rfc2217 import Command, Control, Purge
-from meshserial.proto.settings import FlowControl, ModemState, Parity, SerialSettings, StopBits
+from meshserial.proto.settings import ModemState, Parity, SerialSettings, StopBits
 from meshserial.proto.text import escape
 
 log = logging.getLogger(__name__)
 _log_once = LogOnce(log)
 
-_FLOW_CONTROL = {
-    FlowControl.NONE: Control.FLOW_NONE,
-    FlowControl.XONXOFF: Control.FLOW_XONXOFF,
-    FlowControl.RTSCTS: Control.FLOW_HARDWARE,
-}
-_CONTROL_FLOW = {int(v): k for k, v in _FLOW_CONTROL.items()}
+# The SET-CONTROL value of each kind of flow control, and back (acknowledgements carry plain ints).
+_CONTROL_FLOW = {int(control): flow for flow, control in FLOW_CONTROL.items()}
 
 
 class RemotePort(Port, ReceiveBuffer):
@@ -61,8 +59,8 @@ class RemotePort(Port, ReceiveBuffer):
     # ---- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Any TCP transport: asyncio's own or uvloop's (which does not subclass asyncio.Transport).
+        self._transport = transport  # type: ignore[assignment]
         tune_socket(transport)
         self._engine.initiate(self._loop.time())
         self._flush()
@@ -238,7 +236,7 @@ class RemotePort(Port, ReceiveBuffer):
         if first or settings.stopbits != old.stopbits:
             self._engine.request(Command.SET_STOPSIZE, int(settings.stopbits), now)
         if first or settings.flow != old.flow:
-            self._engine.request(Command.SET_CONTROL, int(_FLOW_CONTROL[settings.flow]), now)
+            self._engine.request(Command.SET_CONTROL, int(FLOW_CONTROL[settings.flow]), now)
         if first or settings != old:
             log.info("%s: settings %s", self.name, settings.describe())
         self._settings = settings

@@ -57,7 +57,7 @@ class Rfc2217ServerSession(ReceiveBuffer):
         self._attach = attach
         self._mode = mode
         self.label = label or "peer"
-        self._on_close = on_close
+        self.on_close = on_close
         self._engine = rfc2217.ServerSide()
         self._transport: asyncio.Transport | None = None
         self._shared: SharedPort | None = None if attach else shared
@@ -78,8 +78,8 @@ class Rfc2217ServerSession(ReceiveBuffer):
     # ---- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Any TCP transport: asyncio's own or uvloop's (which does not subclass asyncio.Transport).
+        self._transport = transport  # type: ignore[assignment]
         tune_socket(transport)
         self._peer = peer_label(transport)
         if self.label == "peer":
@@ -197,8 +197,8 @@ class Rfc2217ServerSession(ReceiveBuffer):
             self._shared.detach(self)
         if exc is not None:
             log.info("%s: connection lost: %s", self._peer, exc)
-        if self._on_close is not None:
-            self._on_close(self)
+        if self.on_close is not None:
+            self.on_close(self)
         if not self.closed.done():
             self.closed.set_result(None)
 

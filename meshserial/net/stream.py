@@ -1,12 +1,15 @@
-"""A session's byte stream that outlives its connections.
+"""A session's byte stream as an asyncio transport that outlives its connections.
 
-``SessionStream`` sits between the secure connection (which may die and be replaced) and the RFC 2217
-protocol above it (which must not notice). It numbers the bytes of both directions, keeps what it sent
-until the peer acknowledges it (:class:`~meshserial.proto.resume.ReplayBuffer`), acknowledges what it
-receives, and on a new connection sends again whatever the peer says it has not received.
+Why: the RFC 2217 protocol above a secure session must not notice that the connection under it died
+and was replaced. :class:`SessionStream` gives it one transport for the whole session; underneath, the
+connection currently carrying the session (the *carrier*, a :class:`~meshserial.net.secure.SecureConnection`)
+may come and go. The bookkeeping that makes that lossless (numbering, replay, acknowledgements) is the
+sans-IO :class:`~meshserial.proto.stream.Stream`; this module only moves bytes and pauses producers:
 
-The replay buffer is also the flow-control window: above its soft limit the protocol above is paused,
-exactly as an asyncio transport pauses its protocol when its write buffer is full.
+* what the protocol above writes is sealed and sent on the carrier at once (if there is one) and kept
+  in the stream until acknowledged;
+* while more than the window is unacknowledged, or the carrier's socket is backed up, the protocol above
+  is paused (``pause_writing``), as an asyncio transport does when its buffer fills.
 """
 
 from __future__ import annotations
@@ -16,22 +19,20 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from meshserial.proto.resume import DEFAULT_LIMIT, ReceiveCounter, ReplayBuffer
+from meshserial.proto.stream import Stream
 
 log = logging.getLogger(__name__)
-
-ACK_DELAY = 0.05  # acknowledge small amounts of data at most this late
-ACK_EVERY = 256 * 1024  # and large amounts every this many bytes (a quarter of the default window)
 
 
 class Carrier(Protocol):
     """The connection currently carrying the stream (a secure connection)."""
 
-    peer_id: bytes | None
+    @property
+    def peer_id(self) -> bytes | None: ...
 
-    def send_plain(self, data: bytes) -> None: ...
+    def send_stream(self, data: bytes) -> None: ...
 
-    def send_ack(self, offset: int) -> None: ...
+    def carry(self, stream: SessionStream, peer_received: int) -> int: ...
 
     def close(self, reason: str | None = None) -> None: ...
 
@@ -93,7 +94,7 @@ class StreamTransport(asyncio.Transport):
         still waits in the current connection's socket buffer."""
         carrier = self._stream.carrier
         queued = carrier.tcp_buffer_size() if carrier is not None else 0
-        return self._stream.replay.size + queued
+        return self._stream.state.unacknowledged + queued
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         carrier = self._stream.carrier
@@ -103,27 +104,23 @@ class StreamTransport(asyncio.Transport):
 
 
 class SessionStream:
-    """Both directions of one session; see the module docstring."""
+    """One session's stream (see the module docstring)."""
 
     def __init__(
         self,
         inner: StreamUser,
         *,
-        replay_limit: int = DEFAULT_LIMIT,
+        state: Stream | None = None,
         on_detached: Callable[[SessionStream, BaseException | None], None] | None = None,
     ) -> None:
         self.inner = inner
-        self.replay = ReplayBuffer(replay_limit)
-        self.counter = ReceiveCounter(every=ACK_EVERY)
+        self.state = state if state is not None else Stream()
         self.carrier: Carrier | None = None
         self.ended = False
         self.reading_paused = False
         self._on_detached = on_detached
-        self._window_paused = False
         self._tcp_paused = False
         self._inner_paused = False
-        self._ack_timer: asyncio.TimerHandle | None = None
-        self._loop = asyncio.get_running_loop()
         self._started = False
 
     # ---- life cycle --------------------------------------------------------------------------------
@@ -133,16 +130,14 @@ class SessionStream:
         resent (0 unless the replay buffer overflowed)."""
         self.carrier = carrier
         self._tcp_paused = False
-        data, lost = self.replay.since(peer_received)
+        lost = carrier.carry(self, peer_received)
         log.debug(
-            "stream attached: peer has %d, resending %d, we received %d, reading paused %s",
+            "stream attached: peer has %d of %d, we received %d, reading paused %s",
             peer_received,
-            len(data),
-            self.counter.received,
+            self.state.sent,
+            self.state.received,
             self.reading_paused,
         )
-        if data:
-            carrier.send_plain(data)
         if self.reading_paused:
             carrier.tcp_pause_reading()
         if not self._started:
@@ -156,16 +151,15 @@ class SessionStream:
         if self.carrier is None:
             return
         self.carrier = None
-        self._cancel_ack()
+        self.state.stop_acking()
         if not self.ended and self._on_detached is not None:
             self._on_detached(self, exc)
 
     def end(self, reason: str | None = None) -> None:
-        """End the session for good: tell the peer (CLOSE) and the protocol above."""
+        """End the session for good: tell the peer (``deny`` reason and CLOSE) and the protocol above."""
         if self.ended:
             return
         self.ended = True
-        self._cancel_ack()
         carrier, self.carrier = self.carrier, None
         if carrier is not None:
             carrier.close(reason)
@@ -177,10 +171,10 @@ class SessionStream:
             return
         self.ended = True
         self.carrier = None
-        self._cancel_ack()
         self._lose_inner(exc)
 
     def _lose_inner(self, exc: BaseException | None) -> None:
+        self.state.stop_acking()
         if self._started:
             self.inner.connection_lost(exc if isinstance(exc, Exception) else None)
 
@@ -190,12 +184,11 @@ class SessionStream:
         if self.ended or not data:
             return
         if type(data) is not bytes:
-            data = bytes(data)  # the replay buffer keeps it: it must not change under us
-        # Send first, then the bookkeeping: the peer can start on the data meanwhile. Nothing in
-        # between can observe the replay buffer (a failed send is reported later, by the loop).
+            data = bytes(data)  # the stream keeps it: it must not change under us
+        # Send first, then the bookkeeping: the peer can start on the data meanwhile.
         if self.carrier is not None:
-            self.carrier.send_plain(data)
-        if self.replay.append(data) and not self._inner_paused:
+            self.carrier.send_stream(data)
+        if self.state.record(data) and not self._inner_paused:
             self._update_pause()
 
     def pause_reading(self) -> None:
@@ -210,17 +203,12 @@ class SessionStream:
 
     # ---- from the carrier ----------------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        if self.ended:
-            return
-        self.inner.data_received(data)  # deliver first, count after (the same call either way)
-        if self.counter.add(len(data)):
-            self._send_ack()
-        elif self._ack_timer is None:
-            self._ack_timer = self._loop.call_later(ACK_DELAY, self._send_ack)
+    def deliver(self, data: bytes) -> None:
+        """Session bytes the carrier received (already counted in :attr:`state`)."""
+        if not self.ended:
+            self.inner.data_received(data)
 
-    def ack_received(self, offset: int) -> None:
-        self.replay.ack(offset)
+    def window_opened(self) -> None:
         self._update_pause()
 
     def tcp_pause(self) -> None:
@@ -233,23 +221,17 @@ class SessionStream:
 
     # ---- internals -----------------------------------------------------------------------------------
 
-    def _send_ack(self) -> None:
-        self._ack_timer = None
-        if self.carrier is not None and self.counter.pending:
-            self.carrier.send_ack(self.counter.mark_acknowledged())
-
-    def _cancel_ack(self) -> None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
-
     def _update_pause(self) -> None:
-        paused = self.replay.over_soft_limit or self._tcp_paused
+        paused = self.state.window_full or self._tcp_paused
         if paused and not self._inner_paused and self._started:
             self._inner_paused = True
-            log.debug("stream paused (unacknowledged %d, tcp paused %s)", self.replay.size, self._tcp_paused)
+            log.debug(
+                "stream paused (unacknowledged %d, tcp paused %s)",
+                self.state.unacknowledged,
+                self._tcp_paused,
+            )
             self.inner.pause_writing()
         elif not paused and self._inner_paused:
             self._inner_paused = False
-            log.debug("stream resumed (unacknowledged %d)", self.replay.size)
+            log.debug("stream resumed (unacknowledged %d)", self.state.unacknowledged)
             self.inner.resume_writing()

@@ -88,7 +88,7 @@ from meshserial.proto.comport import (
     _Engine,
     _validate_signature,
 )
-from meshserial.proto.settings import LineState, ModemState
+from meshserial.proto.settings import LineState, ModemState, delta_bits
 from meshserial.proto.telnet import BINARY, COM_PORT_OPTION, ECHO, SGA, Side
 
 __all__ = [
@@ -262,15 +262,7 @@ class ServerSide(_Engine):
         lines = state & _LINES
         previous = self._lines or ModemState(0)
         changed = lines ^ previous
-        deltas = state & ~_LINES
-        if changed & ModemState.CTS:
-            deltas |= ModemState.DELTA_CTS
-        if changed & ModemState.DSR:
-            deltas |= ModemState.DELTA_DSR
-        if changed & ModemState.CD:
-            deltas |= ModemState.DELTA_CD
-        if previous & ModemState.RI and not lines & ModemState.RI:
-            deltas |= ModemState.TRAILING_EDGE_RI
+        deltas = (state & ~_LINES) | delta_bits(previous, lines)
         self._lines = lines
         if not self.active:
             return
@@ -354,7 +346,8 @@ class ClientSide(_Engine):
             self.request_signature(now)
             return
         if command in (Command.FLOWCONTROL_SUSPEND, Command.FLOWCONTROL_RESUME):
-            # ser2net reads a client SUSPEND as "SET-CONTROL 1" and drops hardware flow control (S7).
+            # ser2net (up to today's gensio) takes a client's FLOWCONTROL-SUSPEND for "SET-CONTROL 1"
+            # and switches the device's hardware flow control off, and RESUME for a flow query.
             if self._send_flow_suspend and self.active:
                 self._send_sb(command)
             return
@@ -391,13 +384,17 @@ class ClientSide(_Engine):
         """Pop the oldest sent command of this code (acks arrive in order per code)."""
         queue = self._pending.get(command)
         if queue and queue[0].sent:
-            return queue.popleft()
+            entry = queue.popleft()
+            if not queue:
+                del self._pending[command]  # an empty table keeps get_timer cheap on the data path
+            return entry
         return None
 
     def get_timer(self) -> float | None:
         """Earliest reply deadline, or ``None``."""
-        deadlines = [entry.deadline for queue in self._pending.values() for entry in queue]
-        return min(deadlines, default=None)
+        if not self._pending:
+            return None  # the usual case: asked after every write
+        return min(entry.deadline for queue in self._pending.values() for entry in queue)
 
     def handle_timer(self, now: float) -> list[Event]:
         """Expire commands whose deadline passed, as :class:`ReplyTimeout` events in request order."""
@@ -407,6 +404,8 @@ class ClientSide(_Engine):
             if len(keep) != len(queue):
                 expired.extend(entry for entry in queue if entry.deadline <= now)
                 self._pending[command] = deque(keep, maxlen=MAX_PENDING_PER_COMMAND)
+        for command in [c for c, queue in self._pending.items() if not queue]:
+            del self._pending[command]
         expired.sort(key=lambda e: e.seq)
         return [ReplyTimeout(command=entry.command, value=entry.value) for entry in expired]
 
@@ -466,8 +465,9 @@ class ClientSide(_Engine):
                     # The answer to our poll, or the unsolicited report every server but hub4com sends
                     # right after agreeing COM-PORT, which must not settle a mask request.
                     return
-                # ser2net 4.3 answers SET-*-MASK with a NOTIFY instead of 110/111 (S9): let the
-                # notification also settle the oldest pending mask request, with the value we asked.
+                # ser2net 4.3 answers SET-*-MASK with a NOTIFY (106/107, the state through the new
+                # mask) instead of 110/111 + mask; later versions send both. So let the notification
+                # also settle the oldest pending mask request, with the value we asked for.
                 mask = (
                     Command.SET_MODEMSTATE_MASK
                     if command is Command.NOTIFY_MODEMSTATE

@@ -153,7 +153,9 @@ def decode(data: bytes) -> Message:
         raise ProtocolError("control message too large")
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: 4 KiB of "[" nests deeper than the parser will go; a peer's bytes must
+        # never raise anything but ProtocolError.
         raise ProtocolError("control message is not JSON") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("control message is not a JSON object")

@@ -12,15 +12,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from meshserial.errors import PortBusy, UsageError
-from meshserial.rendezvous import DEFAULT_MAX_IDS_PER_SOURCE, DEFAULT_PORT, serve
-from meshserial.rendezvous.cli import (
+from meshserial.cli.rendezvous import (
     add_arguments,
     parse_listen,
     parse_proxy,
     run_from_args,
     settings_from_args,
 )
+from meshserial.errors import PortBusy, UsageError
+from meshserial.rendezvous import DEFAULT_MAX_IDS_PER_SOURCE, DEFAULT_PORT, serve
 
 from .conftest import async_test
 

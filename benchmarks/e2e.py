@@ -96,6 +96,8 @@ class Config:
     # MESHSERIAL_LOOP for both processes: set even where meshserial is only the client, and to asyncio
     # by default, so that an installed uvloop does not silently change what the plain names measure.
     loop: str = "asyncio"
+    # Run the meshserial package found in this directory instead of this checkout's (--baseline).
+    code: str | None = None
 
 
 def _meshserial(*args: str) -> list[str]:
@@ -177,10 +179,26 @@ def _meshserial_secure_client(ctx: Ctx) -> list[str]:
     return _meshserial("use", f"dev@127.0.0.1:{ctx.port}", "--pty", "--link", str(ctx.link), "--trust-new")
 
 
-def _configs() -> list[Config]:
+def _configs(baseline: Path | None = None) -> list[Config]:
     no_socat = None if SOCAT else "socat is not installed (apt-get install socat)"
     no_ser2net = None if SER2NET else "ser2net is not installed (apt-get install ser2net)"
     configs = _base_configs(no_socat, no_ser2net)
+    if baseline is not None:
+        # The same configurations run from another checkout (an earlier commit), interleaved with these
+        # ones, so that a change is measured against what it changed in one run on one machine.
+        missing = (
+            None if (baseline / "meshserial" / "__init__.py").exists() else f"no meshserial in {baseline}"
+        )
+        for base in [c for c in configs if c.key.startswith("meshserial ")]:
+            configs.append(
+                dataclasses.replace(
+                    base,
+                    key=f"{base.key} (baseline)",
+                    missing=missing,
+                    code=str(baseline),
+                    notes=f"{base.notes}; the code of {baseline}",
+                )
+            )
     no_uvloop = None if HAVE_UVLOOP else "uvloop is not installed (pip install 'meshserial[fast]')"
     for base in [c for c in configs if c.key.startswith("meshserial ")]:
         configs.append(
@@ -551,6 +569,9 @@ def _running(config: Config, tmp: Path) -> Iterator[tuple[int, int, Proc, Proc, 
             for home in (server_home, client_home):
                 home.mkdir(mode=0o700)
             base = dict(os.environ, PYTHONUNBUFFERED="1", MESHSERIAL_LOOP=config.loop)
+            if config.code is not None:
+                # Without the working directory first on sys.path, PYTHONPATH decides which package runs.
+                base |= {"PYTHONPATH": config.code, "PYTHONSAFEPATH": "1"}
             ctx = Ctx(
                 device=device,
                 port=free_tcp_port(),
@@ -902,6 +923,8 @@ def ratios(results: dict[str, Result]) -> dict[str, dict[str, float]]:
     for key, result in results.items():
         if key.endswith(" (uvloop)") and key.removesuffix(" (uvloop)") in results:
             out[f"{key} vs asyncio"] = compare(result, results[key.removesuffix(" (uvloop)")])
+        if f"{key} (baseline)" in results:
+            out[f"{key} vs baseline"] = compare(result, results[f"{key} (baseline)"])
     return out
 
 
@@ -979,13 +1002,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--paced-kbps", type=float, default=PACED_KBPS, help="paced KB/s per direction, KB = 1000 bytes (100)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the meshserial configurations from the checkout in DIR (e.g. git worktree add DIR "
+        "COMMIT), interleaved, and compare",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write all numbers as JSON")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0 or args.mib < 1 or args.timeout <= 0 or args.rounds < 1:
         parser.error("--iterations and --mib must be positive, --warmup not negative")
     if args.paced_seconds <= 0 or args.paced_kbps <= 0:
         parser.error("--paced-seconds and --paced-kbps must be positive")
-    known = [c.key for c in _configs()]
+    known = [c.key for c in _configs(args.baseline)]
     if unknown := [name for name in args.only or [] if name not in known]:
         parser.error(f"unknown configuration {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
 
@@ -1006,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
             f"paced: {args.paced_kbps:g} KB/s each way at once for {args.paced_seconds:g} s, in writes of "
             f"{' and of '.join(f'{size} B' for size in PACED_SIZES)}; KB = 10^3 bytes"
         )
-    configs = [c for c in _configs() if not args.only or c.key in args.only]
+    configs = [c for c in _configs(args.baseline) if not args.only or c.key in args.only]
     rounds: dict[str, list[Result]] = {}
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}

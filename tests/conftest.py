@@ -8,6 +8,11 @@ import pytest
 
 from tests.helpers import DevicePty, device_pty
 
+# Every meshserial process the tests start runs asyncio's own loop, the one a plain install has, unless
+# a test chooses (tests/system/test_event_loop.py runs both loops); the test environment also has
+# uvloop (the `fast` extra), which would otherwise be picked automatically.
+os.environ.setdefault("MESHSERIAL_LOOP", "asyncio")
+
 
 @pytest.fixture
 def ms_env(tmp_path: Path) -> dict[str, str]:

@@ -1,10 +1,10 @@
 """The event loop a command runs on: uvloop's when installed, asyncio's own otherwise, ``MESHSERIAL_LOOP``
 to choose; and data moving end to end under each loop, encrypted and plain.
 
-uvloop's transports are not :class:`asyncio.Transport` subclasses, so code that checks
-``isinstance(transport, asyncio.Transport)`` in ``connection_made`` fails on the first connection. While
-meshserial still does (see :func:`_asserts_asyncio_transport`), the exchanges under uvloop are skipped
-and only what needs no connection is checked under it (start, listen, a refused connect, a clean stop).
+uvloop's transports are not :class:`asyncio.Transport` subclasses, so code that checked
+``isinstance(transport, asyncio.Transport)`` in ``connection_made`` failed on the first connection under
+it; the full exchanges below run under both loops so that it cannot come back. (The rest of the suite
+runs on asyncio's own loop, which a plain install uses: tests/conftest.py sets ``MESHSERIAL_LOOP``.)
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
-    ROOT,
     DevicePty,
     Proc,
     free_tcp_port,
@@ -39,32 +38,7 @@ pytestmark = pytest.mark.system
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 NO_UVLOOP = "uvloop is not installed (pip install -e '.[fast]')"
-ASSERTION = "isinstance(transport, asyncio.Transport)"
-
-
-def _asserts_asyncio_transport() -> list[str]:
-    """Where meshserial still asserts that a transport is an :class:`asyncio.Transport` ("file:line")."""
-    found = []
-    for path in sorted((ROOT / "meshserial").rglob("*.py")):
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if ASSERTION in line and line.strip().startswith("assert"):
-                found.append(f"{path.relative_to(ROOT)}:{number}")
-    return found
-
-
-_ASSERTING = _asserts_asyncio_transport()
 UVLOOP = pytest.param("uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason=NO_UVLOOP))
-# The full exchange under uvloop runs by itself once the assertions are gone.
-UVLOOP_CONNECTED = pytest.param(
-    "uvloop",
-    marks=[
-        pytest.mark.skipif(not HAVE_UVLOOP, reason=NO_UVLOOP),
-        pytest.mark.skipif(
-            bool(_ASSERTING),
-            reason=f"uvloop transports fail `assert {ASSERTION}` at {', '.join(_ASSERTING)}",
-        ),
-    ],
-)
 LOOP_LINE = r"DEBUG: event loop: "
 
 
@@ -200,7 +174,7 @@ def pair(tmp_path: Path, device: DevicePty, loop: str, mode: str) -> Iterator[Pa
         started.stop()
 
 
-@pytest.mark.parametrize("loop", ["asyncio", UVLOOP_CONNECTED])
+@pytest.mark.parametrize("loop", ["asyncio", UVLOOP])
 def test_data_and_settings_move_under_each_loop(pair: Pair, loop: str) -> None:
     assert pair.loops == [loop, loop]
     fd = os.open(pair.link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
